@@ -1,0 +1,9 @@
+"""napari-etdms: two-stage (SwinIR denoise + CLSR diffusion x4) SEM super-resolution."""
+
+__version__ = "0.1.0"
+
+from .pipeline import InputError, Pipeline, Result  # noqa: E402
+from .tiling import Cancelled  # noqa: E402
+from .weights import WeightsError  # noqa: E402
+
+__all__ = ["Cancelled", "InputError", "Pipeline", "Result", "WeightsError", "__version__"]

@@ -1,0 +1,242 @@
+"""`etdms` command line: inference, demo, info, training, evaluation, degradation examples.
+
+Exit codes: 0 success, 1 an error (for a batch: any file failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits with 2 on usage errors: keep that, say more
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .diffusion import SAMPLERS
+
+    g = p.add_argument_group("model and sampling")
+    g.add_argument("-w", "--weights", help="registry name or weights folder (default: the shipped model)")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
+    g.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--sampler", choices=SAMPLERS, help="default: the weights' recommended preset")
+    g.add_argument("--steps", type=int, help="network evaluations (default: the preset's)")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=int, default=1, help="K > 1 adds the mean and per-pixel std of K seeds")
+    g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
+    g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
+    t = p.add_argument_group("tiling")
+    t.add_argument("--tile", type=int, default=64, help="low-res tile side, multiple of 4 (default 64)")
+    t.add_argument("--overlap", type=int, default=16, help="low-res overlap between tiles (default 16)")
+    t.add_argument("--batch-size", type=int, default=1, help="tiles per network call (default 1: fastest on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="etdms", description="ETDMS: denoise and 4x super-resolve SEM frames; train and evaluate the models.")
+    parser.add_argument("--version", action="version", version=f"napari-etdms {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    infer = sub.add_parser(
+        "infer",
+        help="denoise and super-resolve SEM frames (files or folders)",
+        description="Denoise and 4x super-resolve SEM frames. Writes <name>_denoised.tif, <name>_etdms_x4.tif, "
+        "<name>_bicubic_x4.tif and <name>_denoised_bicubic_x4.tif (plus _std_x4.tif with --samples > 1) with "
+        "pixel size and provenance. With no INPUT, processes the bundled sample frames.",
+    )
+    infer.add_argument("inputs", nargs="*", metavar="INPUT", help="TIFF (8/16-bit) or PNG files, or folders")
+    infer.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
+    infer.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never touched)")
+    _add_run_options(infer)
+
+    demo = sub.add_parser("demo", help="run the shipped model on the bundled sample frame(s)")
+    demo.add_argument("-o", "--output", type=Path, default=Path("etdms-demo"), help="output folder")
+    demo.add_argument("--all", action="store_true", help="also process the larger 1024x1024 sample")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_run_options(demo)
+
+    sub.add_parser("info", help="versions, devices and installed weights")
+
+    train = sub.add_parser("train", help="train stage 1, stage 2, or both then fine-tune (see README)")
+    train.add_argument("-c", "--config", required=True, type=Path, help="training config JSON")
+    train.add_argument("-s", "--stage", type=int, choices=[0, 1, 2], default=0,
+                       help="1: denoiser, 2: CLSR, 0: both, then CLSR fine-tuned on stage-1 outputs")
+    train.add_argument("--run-dir", type=Path, help="run folder (default runs/<config name>); resumes if present")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--export", type=Path, help="write the trained weights as a registry folder here")
+    return parser
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="step", leave=False)
+
+    def update(done: int, total: int, stage: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(stage)
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
+    names = {
+        "denoised": "denoised",
+        "super_resolved": "etdms_x4",
+        "bicubic_input": "bicubic_x4",
+        "bicubic_denoised": "denoised_bicubic_x4",
+        "std": "std_x4",
+    }
+    return {field: out_dir / f"{stem}_{suffix}.tif" for field, suffix in names.items()}
+
+
+def _infer_files(args, files: list[Path]) -> int:
+    from .io import ReadError, read_frame, write_tiff
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+    inputs = {f.resolve() for f in files}
+    failures = 0
+    for path in files:
+        try:
+            frame = read_frame(path)
+            outputs = _output_paths(args.output, path.stem)
+            clash = [p for p in outputs.values() if p.resolve() in inputs]
+            if clash:
+                raise ValueError(f"output {clash[0]} would overwrite an input; choose another --output folder")
+            bar, update = _progress_bar(path.name)
+            try:
+                result = pipeline.run(
+                    frame.data, denoise=not args.no_denoise, super_resolve=not args.no_sr, sampler=args.sampler,
+                    steps=args.steps, eta=args.eta, seed=args.seed, tile=args.tile, overlap=args.overlap,
+                    batch_size=args.batch_size, samples=args.samples, progress=update,
+                )
+            finally:
+                bar.close()
+            provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
+            for field, out in outputs.items():
+                data = getattr(result, field)
+                if data is None:
+                    continue
+                scale = 1 if field == "denoised" else 4
+                pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
+                if args.overwrite and out.exists():
+                    out.unlink()
+                write_tiff(out, data, pixel, provenance | {"layer": field})
+            print(f"{path}: done in {sum(result.metadata['timings'].values()):.1f} s -> {args.output}")
+        except (ReadError, ValueError, FileExistsError, MemoryError, OSError) as err:
+            failures += 1
+            print(f"{path}: error: {err}", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
+    return EXIT_ERROR if failures else EXIT_OK
+
+
+def cmd_infer(args) -> int:
+    from .io import iter_image_files
+    from .samples import sample_paths
+
+    files = iter_image_files(args.inputs) if args.inputs else sample_paths()
+    if not files:
+        print("no TIFF or PNG files found in the given inputs", file=sys.stderr)
+        return EXIT_ERROR
+    return _infer_files(args, files)
+
+
+def cmd_demo(args) -> int:
+    from .samples import sample_path, sample_paths
+
+    files = sample_paths() if args.all else [sample_path("superalloy")]
+    return _infer_files(args, files)
+
+
+def cmd_info(_args) -> int:
+    import torch
+
+    from .pipeline import select_device, select_precision
+    from .weights import DEFAULT_WEIGHTS, available, search_path
+
+    device = select_device("auto")
+    info = {
+        "napari-etdms": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available() and torch.cuda.get_device_name(0),
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+        "auto device": str(device),
+        "auto precision": select_precision(device),
+        "cpu threads": torch.get_num_threads(),
+    }
+    for key, value in info.items():
+        print(f"{key:>16}: {value}")
+    entries = available()
+    print(f"{'weights':>16}: " + (", ".join(f"{n} [{e.short_hash}] ({e.folder})" for n, e in entries.items())
+                                  or "NO TRAINED WEIGHTS INSTALLED"))
+    print(f"{'default weights':>16}: {DEFAULT_WEIGHTS}{'' if DEFAULT_WEIGHTS in entries else ' (missing)'}")
+    print(f"{'search path':>16}: " + "; ".join(map(str, search_path())))
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from .pipeline import select_device
+    from .training.trainer import StageTrainer, export, load_train_config
+
+    config = load_train_config(args.config)
+    run_dir = args.run_dir or Path("runs") / config.name
+    device = str(select_device(args.device))
+    stages = {1: ["stage1"], 2: ["stage2"], 0: ["stage1", "stage2", "finetune"]}[args.stage]
+    import time
+
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    for stage in stages:
+        remaining = (deadline - time.monotonic()) / 60 if deadline else None
+        if remaining is not None and remaining <= 0:
+            print(f"time budget spent before {stage}; rerun the same command to resume", file=sys.stderr)
+            return EXIT_OK
+        trainer = StageTrainer(config, stage, run_dir, device)
+        reached = trainer.train(max_minutes=remaining)
+        print(f"{stage}: iteration {reached}/{trainer.settings.iterations}; checkpoint {trainer.checkpoint_path}")
+        if reached < trainer.settings.iterations:
+            return EXIT_OK
+    if args.export:
+        entry = export(run_dir, config, args.export)
+        print(f"exported weights '{entry.name}' to {entry.folder}")
+    return EXIT_OK
+
+
+COMMANDS = {"infer": cmd_infer, "demo": cmd_demo, "info": cmd_info, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from .config import ConfigError
+    from .pipeline import InputError
+    from .tiling import Cancelled
+    from .weights import WeightsError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (WeightsError, ConfigError, InputError, FileNotFoundError, ValueError) as err:
+        print(f"etdms {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except (KeyboardInterrupt, Cancelled):
+        print("interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Robust intensity mapping shared by training and inference (once per frame, never per tile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOW_PERCENTILE = 0.1
+HIGH_PERCENTILE = 99.9
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """Maps [low, high] of the input's intensity scale onto the models' [-1, 1]."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def fit(cls, image: np.ndarray) -> IntensityMap:
+        low, high = np.percentile(image, (LOW_PERCENTILE, HIGH_PERCENTILE))
+        if not high > low:  # nearly constant frames: fall back to the full range
+            low, high = float(np.min(image)), float(np.max(image))
+        return cls(float(low), float(high))
+
+    @property
+    def is_degenerate(self) -> bool:
+        return not self.high > self.low
+
+    def forward(self, image: np.ndarray) -> np.ndarray:
+        return ((np.asarray(image, dtype=np.float32) - self.low) / (self.high - self.low) * 2.0 - 1.0).astype(
+            np.float32
+        )
+
+    def inverse(self, model_values: np.ndarray) -> np.ndarray:
+        return ((np.asarray(model_values, dtype=np.float32) + 1.0) * 0.5 * (self.high - self.low) + self.low).astype(
+            np.float32
+        )
+
+    def scale(self, model_differences: np.ndarray) -> np.ndarray:
+        """Differences (e.g. a standard deviation) from model units to input units."""
+        return (np.asarray(model_differences, dtype=np.float32) * 0.5 * (self.high - self.low)).astype(np.float32)

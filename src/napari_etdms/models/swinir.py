@@ -1,0 +1,163 @@
+"""Stage 1: a single-channel SwinIR denoiser (global residual, no upsampler).
+
+Written here rather than imported because the packaged SwinIR implementations depend
+on torchvision. Frames of any size are reflect-padded to a multiple of the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SwinIRSize:
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def _shift_mask(height: int, width: int, window: int, shift: int, device) -> torch.Tensor:
+    """Additive mask (n_windows, N, N) that stops attention across the cyclic-shift seam."""
+    region = torch.zeros(height, width, device=device)
+    label = 0
+    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            region[hs, ws] = label
+            label += 1
+    windows = _partition(region[None, :, :, None], window).squeeze(-1)  # (nW, N)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, float("-inf"))
+
+
+def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, window*window, C)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def _merge(windows: torch.Tensor, window: int, b: int, h: int, w: int) -> torch.Tensor:
+    c = windows.shape[-1]
+    x = windows.view(b, h // window, w // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, window: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(torch.empty((2 * window - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.bias_table, std=0.02)
+        self.register_buffer("rel_index", _relative_position_index(window).flatten(), persistent=False)
+
+    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
+        bw, n, c = x.shape
+        n_windows = bw // batch
+        qkv = self.qkv(x).view(batch, n_windows, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        bias = self.bias_table[self.rel_index].view(n, n, self.heads).permute(2, 0, 1)
+        if mask is not None:
+            bias = bias[None] + mask[:, None]  # (nW, heads, N, N), broadcast over batch
+        bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float):
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def _mask(self, h: int, w: int, device) -> torch.Tensor | None:
+        if self.shift == 0:
+            return None
+        key = (h, w, str(device))
+        if key not in self._masks:
+            self._masks[key] = _shift_mask(h, w, self.window, self.shift, device)
+        return self._masks[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        b, h, w, _ = x.shape
+        y = self.norm1(x)
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(_partition(y, self.window), b, self._mask(h, w, x.device))
+        y = _merge(y, self.window, b, h, w)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class ResidualSwinGroup(nn.Module):
+    """RSTB: a stack of (shifted) window blocks closed by a 3x3 conv and a residual."""
+
+    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio)
+            for i in range(depth)
+        )
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        y = x
+        for block in self.blocks:
+            y = block(y)
+        y = self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + y
+
+
+class SwinIRDenoiser(nn.Module):
+    """1-channel SwinIR with the denoising head: output = input + learned correction."""
+
+    def __init__(self, size: SwinIRSize):
+        super().__init__()
+        if len(size.depths) != len(size.num_heads):
+            raise ValueError("depths and num_heads must have the same length")
+        self.window = size.window_size
+        dim = size.embed_dim
+        self.conv_first = nn.Conv2d(1, dim, 3, padding=1)
+        self.embed_norm = nn.LayerNorm(dim)
+        self.groups = nn.ModuleList(
+            ResidualSwinGroup(dim, d, h, size.window_size, size.mlp_ratio)
+            for d, h in zip(size.depths, size.num_heads)
+        )
+        self.body_norm = nn.LayerNorm(dim)
+        self.conv_after_body = nn.Conv2d(dim, dim, 3, padding=1)
+        self.conv_last = nn.Conv2d(dim, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        xp = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if (pad_h or pad_w) else x
+        feat = self.conv_first(xp)
+        tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
+        for group in self.groups:
+            tokens = group(tokens)
+        body = self.body_norm(tokens).permute(0, 3, 1, 2)
+        res = self.conv_after_body(body) + feat
+        out = xp + self.conv_last(res)
+        return out[..., :h, :w]

@@ -1,0 +1,153 @@
+"""Training data: frame discovery, noise screening, scene-grouped split, streaming crops."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..intensity import IntensityMap
+from ..io import iter_image_files, read_frame
+from .degrade import SCALE, DegradationConfig, degrade
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    path: Path
+    scene: str
+    noise_sigma: float
+
+
+def list_frames(inputs: list[str | Path]) -> list[Path]:
+    """Files and folders of frames, or CSV files whose 'file' column lists frames."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.suffix.lower() in (".csv", ".txt") and item.is_file():
+            files.extend(_list_file(item))
+        else:
+            files.extend(iter_image_files([item]))
+    if not files:
+        raise ValueError(f"no SEM frames (TIFF/PNG) found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def _list_file(listing: Path) -> list[Path]:
+    if listing.suffix.lower() == ".csv":
+        with listing.open(newline="") as fh:
+            names = [row["file"] for row in csv.DictReader(fh)]
+    else:
+        names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+    return [p if p.is_absolute() else listing.parent / p for p in map(Path, names)]
+
+
+_DETECTOR = re.compile(r"(_detector[A-Z]|multiBSE_[A-Z]|_\d{3})$")
+
+
+def scene_key(path: Path) -> str:
+    """Frames of one scene (detector channels, numbered repeats) share a key and a split."""
+    stem = path.stem
+    while True:
+        shorter = _DETECTOR.sub("", stem)
+        if shorter == stem:
+            return stem
+        stem = shorter
+
+
+def load_normalised(path: Path) -> np.ndarray:
+    frame = read_frame(path)
+    data = frame.data
+    if data.ndim == 3:  # grey stored as RGB(A)
+        data = data[..., 0]
+    mapping = IntensityMap.fit(data)
+    return np.clip((mapping.forward(data) + 1.0) * 0.5, -0.05, 1.05)
+
+
+def estimate_noise(image01: np.ndarray) -> float:
+    """Gaussian noise sigma of a [0, 1] frame (wavelet MAD estimator, scikit-image)."""
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(image01))
+
+
+def screen_frames(paths: list[Path]) -> list[FrameInfo]:
+    return [FrameInfo(p, scene_key(p), estimate_noise(load_normalised(p))) for p in paths]
+
+
+def split_frames(frames: list[FrameInfo], validation_fraction: float, seed: int) -> tuple[list, list]:
+    """Split by scene so no field of view lands in both; deterministic for a seed."""
+    scenes = sorted({f.scene for f in frames})
+    order = sorted(scenes, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    target = validation_fraction * len(frames)
+    validation: set[str] = set()
+    count = 0
+    for scene in order:
+        if count >= target:
+            break
+        validation.add(scene)
+        count += sum(f.scene == scene for f in frames)
+    train = [f for f in frames if f.scene not in validation]
+    val = [f for f in frames if f.scene in validation]
+    return train, val
+
+
+def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same flip / 90-degree rotation for every array of a pair (joint augmentation)."""
+    k = int(rng.integers(0, 4))
+    flip = rng.random() < 0.5
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k)
+        out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
+    return out
+
+
+class CropStream(torch.utils.data.IterableDataset):
+    """Endless random (degraded low-res, clean low-res, clean high-res) crops.
+
+    Frames are read lazily and kept once in memory, normalised to [0, 1] float16
+    (half the footprint of float32); crops are degraded on the fly.
+    """
+
+    def __init__(self, frames: list[FrameInfo], hr_crop: int, seed: int, degradation: DegradationConfig):
+        if hr_crop % SCALE:
+            raise ValueError(f"high-res crop {hr_crop} must be a multiple of {SCALE}")
+        self.frames = frames
+        self.hr_crop = hr_crop
+        self.seed = seed
+        self.degradation = degradation
+        self._cache: dict[Path, np.ndarray] = {}
+
+    def frame(self, path: Path) -> np.ndarray:
+        if path not in self._cache:
+            self._cache[path] = load_normalised(path).astype(np.float16)
+        return self._cache[path]
+
+    def sample(self, rng: np.random.Generator):
+        info = self.frames[int(rng.integers(len(self.frames)))]
+        image = self.frame(info.path)
+        h, w = image.shape
+        c = min(self.hr_crop, h - h % SCALE, w - w % SCALE)
+        y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        crop = augment([image[y : y + c, x : x + c].astype(np.float64)], rng)[0]
+        # Degraded crops keep the simulated gain/offset: the random contrast range also
+        # covers the contrast change that robust normalisation of a noisy frame causes.
+        degraded, clean_lr, clean_hr = degrade(crop, rng, self.degradation)
+        return tuple(torch.from_numpy(a * 2.0 - 1.0)[None] for a in (degraded, clean_lr, clean_hr))
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
+        while True:
+            yield self.sample(rng)
+
+    def fixed_batch(self, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+        """A reproducible set of crops (validation)."""
+        rng = np.random.default_rng(seed)
+        samples = [self.sample(rng) for _ in range(count)]
+        return tuple(torch.stack(parts) for parts in zip(*samples))

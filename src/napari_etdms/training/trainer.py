@@ -1,0 +1,289 @@
+"""Resumable training of stage 1 (denoiser), stage 2 (CLSR) and stage 2 fine-tuned on
+stage-1 outputs. One run folder holds each stage's checkpoint, JSONL log and data split.
+
+Checkpoints are written atomically (temp file + rename), so a kill -9 at any moment
+leaves the previous checkpoint intact; a restarted run resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..config import ModelConfig, _Strict, load_json
+from ..diffusion import NoiseSchedule, make_sampler
+from ..diffusion.target import from_target, to_target
+from ..metrics import psnr, ssim
+from ..models import build_clsr, build_denoiser
+from ..weights import write_entry
+from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
+from .degrade import DegradationConfig
+
+STAGES = ("stage1", "stage2", "finetune")
+
+
+class DataConfig(_Strict):
+    inputs: list[str]
+    validation_fraction: float = Field(0.12, gt=0, lt=1)
+    max_target_noise: float = Field(0.05, gt=0)
+    seed: int = 0
+    degradation: DegradationConfig = DegradationConfig()
+
+
+class StageConfig(_Strict):
+    iterations: int = Field(10000, gt=0)
+    batch_size: int = Field(8, gt=0)
+    hr_crop: int = Field(256, gt=0)  # stage 1 sees hr_crop/4 low-res crops
+    learning_rate: float = Field(2e-4, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    condition_noise: float = Field(0.03, ge=0)  # stage 2 on clean low-res: sigma on [0, 1]
+    validate_every: int = Field(500, gt=0)
+    validation_crops: int = Field(16, gt=0)
+    validation_steps: int = Field(10, gt=0)
+    checkpoint_every: int = Field(200, gt=0)
+    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    threads: int | None = None
+
+
+class TrainConfig(_Strict):
+    name: str
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig(hr_crop=128, learning_rate=1e-4)
+    finetune: StageConfig = StageConfig(hr_crop=128, learning_rate=5e-5, iterations=2000)
+
+
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    config = load_json(path, TrainConfig)
+    base = Path(path).resolve().parent
+    inputs = [str(p if Path(p).is_absolute() else (base / p).resolve()) for p in config.data.inputs]
+    return config.model_copy(update={"data": config.data.model_copy(update={"inputs": inputs})})
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+class StageTrainer:
+    def __init__(self, config: TrainConfig, stage: str, run_dir: Path, device: str = "cpu"):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage '{stage}'")
+        self.config, self.stage = config, stage
+        self.settings: StageConfig = getattr(config, stage)
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / stage
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        self.schedule = NoiseSchedule(config.model.diffusion)
+        self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.settings.ema_decay))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
+        self.iteration = 0
+        self.conditioner = self._stage1_model() if stage == "finetune" else None
+        if stage == "finetune" and not self._resume():
+            self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
+        elif stage != "finetune":
+            self._resume()
+        self.model = self.net
+        if dist.is_initialized():
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net)
+        train, val = self._split()
+        crop = self.settings.hr_crop
+        self.stream = CropStream(train, crop, config.data.seed * 1000 + self.iteration, config.data.degradation)
+        self.validation = CropStream(val, crop, config.data.seed, config.data.degradation).fixed_batch(
+            self.settings.validation_crops, seed=12345
+        )
+
+    # ---- state -----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def _resume(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        return True
+
+    def _start_from(self, checkpoint: Path) -> None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint}: stage 2 must be trained before fine-tuning")
+        state = torch.load(checkpoint, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+
+    def _stage1_model(self):
+        path = self.run_dir / "stage1" / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: stage 1 must be trained before fine-tuning stage 2")
+        model = build_denoiser(self.config.model).to(self.device)
+        ema = AveragedModel(model)
+        ema.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["ema"])
+        return ema.module.eval().requires_grad_(False)
+
+    def save(self) -> None:
+        if _rank() != 0:
+            return
+        _atomic_save(
+            {
+                "model": self.net.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration,
+                "stage": self.stage,
+            },
+            self.checkpoint_path,
+        )
+
+    def _split(self) -> tuple[list[FrameInfo], list[FrameInfo]]:
+        split_file = self.run_dir / "split.json"
+        data = self.config.data
+        if split_file.is_file():
+            saved = json.loads(split_file.read_text())
+            to_info = lambda rows: [FrameInfo(Path(r["path"]), r["scene"], r["noise_sigma"]) for r in rows]  # noqa: E731
+            return to_info(saved["train"]), to_info(saved["validation"])
+        frames = screen_frames(list_frames(data.inputs))
+        clean = [f for f in frames if f.noise_sigma <= data.max_target_noise]
+        excluded = [f for f in frames if f.noise_sigma > data.max_target_noise]
+        if not clean:
+            raise ValueError(f"every frame is noisier than max_target_noise={data.max_target_noise}")
+        train, val = split_frames(clean, data.validation_fraction, data.seed)
+        if not train or not val:
+            train, val = (train or val), (val or train)  # a tiny pool: validate on training frames
+        as_rows = lambda infos: [  # noqa: E731
+            {"path": str(f.path), "scene": f.scene, "noise_sigma": round(f.noise_sigma, 5)} for f in infos
+        ]
+        if _rank() == 0:
+            payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
+            split_file.write_text(json.dumps(payload, indent=1))
+        return train, val
+
+    # ---- steps -----------------------------------------------------------------------
+    def _autocast(self):
+        if self.settings.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _condition(self, degraded: torch.Tensor, clean_lr: torch.Tensor, generator=None) -> torch.Tensor:
+        if self.conditioner is not None:
+            with torch.no_grad(), self._autocast():
+                return self.conditioner(degraded).float()
+        sigma = self.settings.condition_noise * 2.0  # [0, 1] units -> [-1, 1] units
+        strength = torch.rand(clean_lr.shape[0], 1, 1, 1, generator=generator) * sigma
+        return clean_lr + strength * torch.randn(clean_lr.shape, generator=generator)
+
+    def loss(self, batch) -> torch.Tensor:
+        degraded, clean_lr, clean_hr = (t.to(self.device) for t in batch)
+        with self._autocast():
+            if self.stage == "stage1":
+                return torch.nn.functional.l1_loss(self.model(degraded).float(), clean_lr)
+            cond = self._condition(degraded, clean_lr)
+            x0 = to_target(clean_hr, cond, self.config.model.diffusion.target)
+            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        degraded, clean_lr, clean_hr = self.validation
+        model = self.ema.module.eval()
+        if self.stage == "stage1":
+            with self._autocast():
+                restored = model(degraded.to(self.device)).float().cpu()
+            result = {"psnr": psnr(clean_lr, restored), "ssim": ssim(clean_lr, restored)}
+            result |= {"psnr_input": psnr(clean_lr, degraded), "ssim_input": ssim(clean_lr, degraded)}
+        else:
+            cond = self._condition(degraded, clean_lr, torch.Generator().manual_seed(0)).to(self.device)
+            sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
+            generator = torch.Generator().manual_seed(0)
+            x = sampler.initial_noise(clean_hr.shape, generator).to(self.device)
+            for t in sampler.timesteps:
+                steps = torch.full((x.shape[0],), t, device=self.device)
+                with self._autocast():
+                    eps = model(x, cond, steps).float()
+                x = sampler.step(eps, t, x, generator)
+            sr = from_target(x, cond, self.config.model.diffusion.target).cpu().clamp(-1.5, 1.5)
+            bicubic = from_target(torch.zeros_like(x), cond, "residual").cpu()
+            result = {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr)}
+            result |= {"psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
+        model.train()
+        return result
+
+    def _log(self, record: dict) -> None:
+        if _rank() == 0:
+            with (self.dir / "log.jsonl").open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def train(self, max_minutes: float | None = None, show_progress: bool = True) -> int:
+        """Train until the configured iterations or the wall-clock budget; returns the iteration."""
+        from tqdm import tqdm
+
+        total = self.settings.iterations
+        deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
+        loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=0))
+        bar = tqdm(total=total, initial=self.iteration, desc=self.stage, disable=not show_progress or _rank() != 0)
+        losses: list[float] = []
+        started = time.monotonic()
+        self.net.train()
+        while self.iteration < total and time.monotonic() < deadline:
+            loss = self.loss(next(loader))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.ema.update_parameters(self.net)
+            self.iteration += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            done = self.iteration == total
+            if self.iteration % self.settings.checkpoint_every == 0 or done:
+                self.save()
+                self._log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
+                           "seconds_per_step": (time.monotonic() - started) / len(losses)})
+                losses, started = [], time.monotonic()
+            if self.iteration % self.settings.validate_every == 0 or done:
+                self._log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
+        bar.close()
+        self.save()
+        return self.iteration
+
+
+def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike, name: str | None = None,
+           recommended: dict | None = None, card: str | None = None):
+    """Write the EMA weights of stage 1 and the best stage 2 (fine-tuned if present) as a
+    registry weights folder."""
+    run_dir = Path(run_dir)
+    states = {}
+    sources = {"denoiser": ["stage1"], "clsr": ["finetune", "stage2"]}
+    for part, stages in sources.items():
+        for stage in stages:
+            path = run_dir / stage / "checkpoint.pt"
+            if path.is_file():
+                ema = torch.load(path, map_location="cpu", weights_only=True)["ema"]
+                states[part] = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+                break
+    if not states:
+        raise FileNotFoundError(f"{run_dir}: no stage checkpoints to export")
+    return write_entry(out_dir, name or config.name, config.model, states, recommended, card)

@@ -1,0 +1,167 @@
+"""Registry of named weights: each is a folder holding `weights.json` (name, model config,
+files with sha256, model card, recommended sampler) next to its state-dict files.
+
+Folders are searched in `NAPARI_ETDMS_WEIGHTS` (os.pathsep-separated), then the copy
+shipped inside the installed package, then the `weights/` folder of a source checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, ModelConfig, model_config
+
+DEFAULT_WEIGHTS = "etdms-sem-lite-v1"
+MANIFEST = "weights.json"
+PARTS = ("denoiser", "clsr")
+ENV_VAR = "NAPARI_ETDMS_WEIGHTS"
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, corrupt or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    folder: Path
+    config: ModelConfig
+    files: dict[str, dict] = field(default_factory=dict)  # part -> {"file", "sha256"}
+    card: str | None = None
+    recommended: dict = field(default_factory=dict)
+
+    @property
+    def short_hash(self) -> str:
+        joined = "".join(self.files[p]["sha256"] for p in sorted(self.files))
+        return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "hash": self.short_hash, "files": {p: f["sha256"] for p, f in self.files.items()}}
+
+
+def search_path() -> list[Path]:
+    paths = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    package_dir = Path(__file__).resolve().parent
+    paths.append(package_dir / "weights")  # wheel: shipped as package data
+    paths.append(package_dir.parents[1] / "weights")  # source checkout / editable install
+    return paths
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_entry(folder: Path) -> WeightsEntry:
+    manifest = folder / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+        files = data["files"]
+        for part, spec in files.items():
+            if part not in PARTS or not {"file", "sha256"} <= set(spec):
+                raise KeyError(f"files.{part}")
+        return WeightsEntry(
+            name=data["name"],
+            folder=folder,
+            config=model_config(data["config"]),
+            files=files,
+            card=data.get("card"),
+            recommended=data.get("recommended", {}),
+        )
+    except FileNotFoundError:
+        raise WeightsError(f"{manifest}: not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as err:
+        raise WeightsError(f"{manifest}: invalid weights manifest ({err})") from None
+
+
+def available() -> dict[str, WeightsEntry]:
+    """Every named weights folder found on the search path (the first of a name wins)."""
+    found: dict[str, WeightsEntry] = {}
+    for root in search_path():
+        if not root.is_dir():
+            continue
+        candidates = [root] if (root / MANIFEST).is_file() else sorted(p for p in root.iterdir() if p.is_dir())
+        for folder in candidates:
+            if (folder / MANIFEST).is_file():
+                try:
+                    entry = read_entry(folder)
+                except WeightsError:
+                    continue
+                found.setdefault(entry.name, entry)
+    return found
+
+
+def resolve(name_or_path: str | os.PathLike | None = None) -> WeightsEntry:
+    """A registry name, a weights folder, or the path of its weights.json."""
+    name_or_path = DEFAULT_WEIGHTS if name_or_path is None else name_or_path
+    path = Path(name_or_path)
+    if path.name == MANIFEST:
+        path = path.parent
+    if path.is_dir():
+        return read_entry(path)
+    entries = available()
+    if str(name_or_path) in entries:
+        return entries[str(name_or_path)]
+    known = ", ".join(entries) or "none installed"
+    raise WeightsError(
+        f"weights '{name_or_path}' not found (known: {known}). Give a weights folder, or set "
+        f"{ENV_VAR} to a folder of weights; trained weights ship with the package."
+    )
+
+
+def load_state(entry: WeightsEntry, part: str) -> dict:
+    """Verify the file's sha256, then load its state dict without unpickling code."""
+    if part not in entry.files:
+        raise WeightsError(f"weights '{entry.name}' have no {part} file")
+    spec = entry.files[part]
+    path = entry.folder / spec["file"]
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file missing")
+    actual = sha256_of(path)
+    if actual != spec["sha256"]:
+        raise WeightsError(
+            f"{path}: sha256 mismatch (expected {spec['sha256'][:12]}..., got {actual[:12]}...); "
+            "the file is truncated or corrupt: reinstall or re-export it"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: cannot load ({err})") from None
+
+
+def write_entry(
+    folder: str | os.PathLike,
+    name: str,
+    config: ModelConfig,
+    states: dict[str, dict],
+    recommended: dict | None = None,
+    card: str | None = None,
+) -> WeightsEntry:
+    """Save state dicts and a manifest with their hashes (the export format)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for part, state in states.items():
+        path = folder / f"{part}.pt"
+        tmp = path.with_suffix(".pt.part")
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+        files[part] = {"file": path.name, "sha256": sha256_of(path)}
+    manifest = {
+        "name": name,
+        "config": config.model_dump(mode="json"),
+        "files": files,
+        "card": card,
+        "recommended": recommended or {},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return read_entry(folder)
