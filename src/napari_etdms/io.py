@@ -77,9 +77,21 @@ def _read_tiff(path: Path) -> Frame:
     with tifffile.TiffFile(path) as tif:
         data = tif.asarray()
         fei = tif.fei_metadata if tif.is_fei else None
+        pixel_size_nm = _fei_pixel_size_nm(fei) or _imagej_pixel_size_nm(tif)
     metadata = {"fei": fei} if fei else {}
     image, bar = split_databar(data, fei_scan_rows(fei, data.shape[0])) if data.ndim == 2 else (data, None)
-    return Frame(data=image, path=path, pixel_size_nm=_fei_pixel_size_nm(fei), databar=bar, metadata=metadata)
+    return Frame(data=image, path=path, pixel_size_nm=pixel_size_nm, databar=bar, metadata=metadata)
+
+
+def _imagej_pixel_size_nm(tif) -> float | None:
+    """Pixel size from an ImageJ TIFF's XResolution (pixels per unit) and unit."""
+    unit = (tif.imagej_metadata or {}).get("unit")
+    factor = {"nm": 1.0, "um": 1e3, "micron": 1e3, "\\u00B5m": 1e3, "\u00b5m": 1e3, "mm": 1e6}.get(unit)
+    xres = tif.pages[0].tags.get("XResolution")
+    if factor is None or xres is None:
+        return None
+    num, den = xres.value
+    return factor * den / num if num else None
 
 
 def iter_image_files(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -128,10 +140,5 @@ def read_provenance(path: str | os.PathLike) -> dict:
 
     with tifffile.TiffFile(path) as tif:
         info = (tif.imagej_metadata or {}).get("Info")
-        page = tif.pages[0]
-        xres = page.tags.get("XResolution")
-        pixel_size_nm = None
-        if xres is not None and (tif.imagej_metadata or {}).get("unit") in ("um", "micron", "\\u00B5m"):
-            num, den = xres.value
-            pixel_size_nm = 1000.0 * den / num if num else None
+        pixel_size_nm = _imagej_pixel_size_nm(tif)
     return {"provenance": json.loads(info) if info else {}, "pixel_size_nm": pixel_size_nm}

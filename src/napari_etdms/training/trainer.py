@@ -8,6 +8,7 @@ leaves the previous checkpoint intact; a restarted run resumes from it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import Field
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import ModelConfig, _Strict, load_json
 from ..diffusion import NoiseSchedule, make_sampler
@@ -72,6 +72,34 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     return config.model_copy(update={"data": config.data.model_copy(update={"inputs": inputs})})
 
 
+class EMA:
+    """Exponential moving average of weights with the usual warm-up, so early
+    validation and exports are not dominated by the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema, live = self.module.state_dict(), model.state_dict()
+        for name, value in live.items():
+            if value.dtype.is_floating_point:
+                ema[name].lerp_(value, 1.0 - decay)
+            else:
+                ema[name].copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
@@ -96,7 +124,7 @@ class StageTrainer:
             torch.set_num_threads(self.settings.threads)
         self.schedule = NoiseSchedule(config.model.diffusion)
         self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.settings.ema_decay))
+        self.ema = EMA(self.net, self.settings.ema_decay)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
         self.iteration = 0
         self.conditioner = self._stage1_model() if stage == "finetune" else None
@@ -141,9 +169,8 @@ class StageTrainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: stage 1 must be trained before fine-tuning stage 2")
         model = build_denoiser(self.config.model).to(self.device)
-        ema = AveragedModel(model)
-        ema.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["ema"])
-        return ema.module.eval().requires_grad_(False)
+        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["ema"]["module"])
+        return model.eval().requires_grad_(False)
 
     def save(self) -> None:
         if _rank() != 0:
@@ -252,7 +279,7 @@ class StageTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.ema.update_parameters(self.net)
+            self.ema.update(self.net)
             self.iteration += 1
             losses.append(loss.item())
             bar.update(1)
@@ -281,8 +308,7 @@ def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.Pa
         for stage in stages:
             path = run_dir / stage / "checkpoint.pt"
             if path.is_file():
-                ema = torch.load(path, map_location="cpu", weights_only=True)["ema"]
-                states[part] = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+                states[part] = torch.load(path, map_location="cpu", weights_only=True)["ema"]["module"]
                 break
     if not states:
         raise FileNotFoundError(f"{run_dir}: no stage checkpoints to export")

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_etdms.cli import main
+from napari_etdms.io import read_provenance
+
+from conftest import sem_like
+
+QUICK = ["--steps", "2", "--tile", "32", "--overlap", "8"]
+
+
+@pytest.mark.parametrize("command", [[], ["infer"], ["demo"], ["info"], ["train"]])
+def test_help_for_every_command(command):
+    proc = subprocess.run([sys.executable, "-m", "napari_etdms.cli", *command, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: etdms" in proc.stdout
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["infer"])  # -o missing
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_infer_writes_all_outputs_with_pixel_size_and_provenance(tiny_weights, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "frame.tif", sem_like((40, 44), np.uint16))
+    out = tmp_path / "out"
+    assert main(["infer", str(src), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK, "--samples", "2"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "frame_bicubic_x4.tif", "frame_denoised.tif", "frame_denoised_bicubic_x4.tif", "frame_etdms_x4.tif",
+        "frame_std_x4.tif",
+    ]
+    assert tifffile.imread(out / "frame_etdms_x4.tif").shape == (160, 176)
+    info = read_provenance(out / "frame_etdms_x4.tif")
+    assert info["provenance"]["weights"]["name"] == "tiny-test"
+    assert info["provenance"]["samples"] == 2 and info["provenance"]["layer"] == "super_resolved"
+
+
+def test_x4_pixel_size_is_a_quarter_of_the_input(tiny_weights, tmp_path):
+    from napari_etdms.io import write_tiff
+
+    write_tiff(tmp_path / "scaled.tif", sem_like((32, 36), np.uint16), 10.0, {})
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "scaled.tif"), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK]) == 0
+    assert read_provenance(out / "scaled_denoised.tif")["pixel_size_nm"] == pytest.approx(10.0)
+    assert read_provenance(out / "scaled_etdms_x4.tif")["pixel_size_nm"] == pytest.approx(2.5)
+    assert read_provenance(out / "scaled_bicubic_x4.tif")["pixel_size_nm"] == pytest.approx(2.5)
+
+
+def test_batch_continues_after_a_bad_file_and_never_overwrites(tiny_weights, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "broken.tif").write_bytes(b"II*\x00not a tiff")
+    tifffile.imwrite(src / "good.tif", sem_like((32, 32), np.uint8))
+    out = tmp_path / "out"
+    args = ["infer", str(src), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK, "--no-sr"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken.tif: error" in err and "1 of 2 file(s) failed" in err
+    assert (out / "good_denoised.tif").is_file()
+    before = (out / "good_denoised.tif").read_bytes()
+    assert main(args) == 1  # second run: outputs exist, refused
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out / "good_denoised.tif").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 1  # only the broken file fails now
+    assert "good.tif: error" not in capsys.readouterr().err
+
+
+def test_output_folder_equal_to_input_folder_cannot_clobber_inputs(tiny_weights, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
+    original = (tmp_path / "a.tif").read_bytes()
+    main(["infer", str(tmp_path / "a.tif"), "-o", str(tmp_path), "-w", str(tiny_weights.folder), *QUICK, "--no-sr"])
+    assert (tmp_path / "a.tif").read_bytes() == original
+
+
+def test_missing_weights_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tmp_path))
+    assert main(["infer", "-o", str(tmp_path / "o"), "-w", "no-such-model"]) == 1
+    assert "weights 'no-such-model' not found" in capsys.readouterr().err
+
+
+def test_info_lists_versions_and_weights(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "auto device" in out and "weights" in out

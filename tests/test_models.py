@@ -1,0 +1,64 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_etdms.config import PRESETS
+from napari_etdms.models import CLSR, build_clsr, build_denoiser, parameter_count
+
+from conftest import TINY
+
+
+def test_paper_clsr_matches_published_size_and_compute():
+    model = build_clsr(PRESETS["paper"]).eval()
+    assert parameter_count(model) / 1e6 == pytest.approx(11.59, abs=0.005)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 1, 256, 256), torch.randn(1, 1, 64, 64), torch.tensor([10]))
+    multiply_adds = counter.get_total_flops() / 2
+    assert multiply_adds / 1e9 == pytest.approx(56.7, rel=0.003)
+
+
+def test_paper_swinir_size():
+    assert parameter_count(build_denoiser(PRESETS["paper"])) / 1e6 == pytest.approx(11.5, abs=0.05)
+
+
+def test_lite_models_are_much_smaller_than_paper():
+    lite, paper = PRESETS["lite"], PRESETS["paper"]
+    assert parameter_count(build_clsr(lite)) < parameter_count(build_clsr(paper)) / 5
+    assert parameter_count(build_denoiser(lite)) < parameter_count(build_denoiser(paper)) / 20
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (8, 120)])
+def test_denoiser_keeps_any_frame_size(shape):
+    model = build_denoiser(TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *shape))
+    assert out.shape == (2, 1, *shape)
+
+
+def test_denoiser_is_a_global_residual_at_init_scale():
+    model = build_denoiser(TINY).eval()
+    torch.nn.init.zeros_(model.conv_last.weight)
+    torch.nn.init.zeros_(model.conv_last.bias)
+    x = torch.randn(1, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+
+
+def test_clsr_output_and_shape_checks():
+    model = build_clsr(TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 64, 96), torch.randn(2, 1, 16, 24), torch.tensor([1, 150]))
+    assert out.shape == (2, 1, 64, 96)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.randn(1, 1, 72, 72), torch.randn(1, 1, 18, 18), torch.tensor([1]))
+    with pytest.raises(ValueError, match="4x the low-res"):
+        model(torch.randn(1, 1, 64, 64), torch.randn(1, 1, 32, 32), torch.tensor([1]))
+
+
+def test_clsr_shares_encoder_weights_between_branches():
+    model = build_clsr(TINY)
+    names = [n for n, _ in model.named_modules()]
+    # one encoder (no separate condition encoder), two fusions, two cross-attentions
+    assert sum(n in ("conv_in", "enc0", "enc1") for n in names) == 3
+    assert {"fuse0", "fuse1", "attn.0", "attn.1"} <= set(names)
+    assert isinstance(model, CLSR)

@@ -1,0 +1,166 @@
+import threading
+
+import numpy as np
+import pytest
+
+from napari_etdms import Cancelled, InputError
+from napari_etdms.pipeline import estimate_memory_bytes, select_device, select_precision
+
+from conftest import sem_like
+
+FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int16])
+def test_any_dtype_returns_float32_in_the_input_scale(tiny_pipeline, dtype):
+    frame = sem_like((40, 36), dtype)
+    before = frame.copy()
+    result = tiny_pipeline.run(frame, **FAST)
+    assert np.array_equal(frame, before)  # the caller's data is never modified
+    assert result.denoised.shape == (40, 36) and result.denoised.dtype == np.float32
+    for x4 in (result.super_resolved, result.bicubic_input, result.bicubic_denoised):
+        assert x4.shape == (160, 144) and x4.dtype == np.float32
+    lo, hi = np.percentile(frame, (1, 99))
+    assert lo - 0.5 * (hi - lo) < np.median(result.bicubic_input) < hi + 0.5 * (hi - lo)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (13, 29), (70, 33), (64, 64)])
+def test_small_and_odd_frames(tiny_pipeline, shape):
+    result = tiny_pipeline.run(sem_like(shape, np.uint8), **FAST)
+    assert result.denoised.shape == shape
+    assert result.super_resolved.shape == (4 * shape[0], 4 * shape[1])
+
+
+def test_bicubic_baseline_is_an_upsampling_of_the_input(tiny_pipeline):
+    frame = sem_like((32, 32), np.float32)
+    result = tiny_pipeline.run(frame, denoise=False, super_resolve=False, **FAST)
+    assert result.denoised is None and result.super_resolved is None
+    down = result.bicubic_input.reshape(32, 4, 32, 4).mean(axis=(1, 3))
+    assert np.abs(down - frame).mean() < 0.02
+
+
+def test_grey_rgb_is_accepted_and_colour_rejected(tiny_pipeline):
+    grey = sem_like((24, 24), np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    assert tiny_pipeline.run(rgba, super_resolve=False, **FAST).denoised.shape == (24, 24)
+    colour = rgba.copy()
+    colour[..., 1] = 0
+    with pytest.raises(InputError, match="true-colour"):
+        tiny_pipeline.run(colour, **FAST)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((4, 20, 20)), "2D frame"),
+        (np.zeros((0, 10)), "empty"),
+        (np.full((20, 20), 7.0), "constant"),
+        (np.where(np.eye(20) > 0, np.nan, 1.0), "NaN"),
+        (np.ones((20, 20), dtype=bool), "pixel type"),
+        (np.ones((5, 50)), "at least 8"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tiny_pipeline, image, message):
+    with pytest.raises(InputError, match=message):
+        tiny_pipeline.run(image)
+
+
+def test_bad_settings(tiny_pipeline):
+    frame = sem_like((32, 32))
+    with pytest.raises(ValueError, match="tile"):
+        tiny_pipeline.run(frame, tile=30)
+    with pytest.raises(ValueError, match="overlap"):
+        tiny_pipeline.run(frame, tile=32, overlap=32)
+    with pytest.raises(ValueError, match="sampler"):
+        tiny_pipeline.run(frame, sampler="heun")
+
+
+def test_same_seed_same_output_and_seeds_differ(tiny_pipeline):
+    frame = sem_like((32, 40))
+    a = tiny_pipeline.run(frame, seed=3, **FAST).super_resolved
+    b = tiny_pipeline.run(frame, seed=3, **FAST).super_resolved
+    c = tiny_pipeline.run(frame, seed=4, **FAST).super_resolved
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_samples_give_mean_std_and_data_consistency(tiny_pipeline):
+    frame = sem_like((32, 32))
+    one = tiny_pipeline.run(frame, samples=1, **FAST)
+    assert one.std is None and one.consistency_residual.shape == (32, 32)
+    three = tiny_pipeline.run(frame, samples=3, **FAST)
+    assert three.std.shape == (128, 128) and (three.std >= 0).all() and three.std.max() > 0
+    draws = [tiny_pipeline.run(frame, seed=s, **FAST).super_resolved for s in range(3)]
+    assert np.allclose(three.super_resolved, np.mean(draws, axis=0), atol=1e-3 * np.ptp(frame))
+    assert np.isfinite(three.consistency_psnr)
+    assert three.metadata["samples"] == 3
+
+
+def test_data_consistency_is_high_for_an_oracle(oracle_pipeline):
+    frame = sem_like((32, 48), np.float32)
+    result = oracle_pipeline.run(frame, denoise=False, **FAST)
+    assert result.consistency_psnr > 30
+
+
+def test_progress_reports_every_step_and_reaches_total(tiny_pipeline):
+    calls = []
+    tiny_pipeline.run(sem_like((48, 48)), progress=lambda d, t, s: calls.append((d, t, s)), **FAST)
+    done = [c[0] for c in calls]
+    total = calls[0][1]
+    # 4 tiles (48 px, tile 32, overlap 8): one denoise pass + 3 sampling steps
+    assert total == 4 + 3 * 4 and done == list(range(1, total + 1))
+    assert {c[2] for c in calls} == {"denoise", "super-resolve"}
+
+
+def test_cancel_stops_within_one_step_and_returns_nothing(tiny_pipeline):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total, stage):
+        seen.append(done)
+        if stage == "super-resolve" and done >= 6:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        tiny_pipeline.run(sem_like((48, 48)), progress=progress, cancel=cancel, **FAST)
+    assert max(seen) == 6  # not one more tile batch ran after the request
+
+
+def test_provenance_metadata(tiny_pipeline):
+    meta = tiny_pipeline.run(sem_like((32, 32)), seed=7, **FAST).metadata
+    assert meta["software"].startswith("napari-etdms ")
+    assert meta["weights"]["name"] == "random-init"
+    assert meta["sampler"] == "ddim" and meta["steps"] == 3 and meta["seed"] == 7
+    assert meta["tiling"]["tile"] == 32 and meta["tiling"]["overlap"] == 8
+    assert set(meta["timings"]) == {"denoise_s", "super_resolve_s"}
+
+
+def test_huge_frames_are_refused_before_allocating(tiny_pipeline, monkeypatch):
+    import napari_etdms.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "available_memory_bytes", lambda: 2**30)
+    with pytest.raises(MemoryError, match="process a region, or denoise only"):
+        tiny_pipeline.run(np.random.default_rng(0).integers(0, 255, (4000, 4000), dtype=np.uint8))
+    assert estimate_memory_bytes(4000, 4000, True) > 2**30 > estimate_memory_bytes(4000, 4000, False)
+
+
+def test_device_and_precision_selection():
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    assert select_device("cpu").type == "cpu"
+    import torch
+
+    assert select_precision(torch.device("cpu")) == "bfloat16"
+    assert select_precision(torch.device("cpu"), "float32") == "float32"
+    with pytest.raises(ValueError):
+        select_precision(torch.device("cpu"), "int8")
+
+
+def test_bfloat16_autocast_stays_close_to_float32(tiny_weights):
+    from napari_etdms import Pipeline
+
+    frame = sem_like((32, 32))
+    f32 = Pipeline.from_pretrained(tiny_weights.folder, device="cpu", precision="float32").run(frame, **FAST)
+    bf16 = Pipeline.from_pretrained(tiny_weights.folder, device="cpu", precision="bfloat16").run(frame, **FAST)
+    span = np.ptp(frame)
+    assert np.abs(f32.denoised - bf16.denoised).mean() < 0.02 * span
+    assert np.abs(f32.super_resolved - bf16.super_resolved).mean() < 0.05 * span

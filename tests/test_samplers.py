@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from napari_etdms.config import DiffusionConfig
+from napari_etdms.diffusion import NoiseSchedule, make_sampler
+
+
+@pytest.mark.parametrize(
+    "name, steps", [("ddpm", None), ("ddim", 200), ("ddim", 12), ("dpmpp", 20), ("dpmpp", 10)]
+)
+def test_oracle_noise_recovers_x0(name, steps):
+    config = DiffusionConfig()
+    schedule = NoiseSchedule(config)
+    x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    sampler = make_sampler(name, config, steps)
+    generator = torch.Generator().manual_seed(0)
+    x = sampler.initial_noise(x0.shape, generator)
+    for t in sampler.timesteps:
+        eps = schedule.noise_from_x0(x, x0, torch.tensor([t]))
+        x = sampler.step(eps, t, x, generator)
+    assert sampler.steps == (steps or 2000)
+    assert torch.allclose(x, x0, atol=1e-4)
+
+
+def test_ddim_eta_makes_it_stochastic_and_seeded():
+    config = DiffusionConfig(num_train_timesteps=100)
+
+    def run(seed, eta):
+        sampler = make_sampler("ddim", config, 10, eta=eta)
+        g = torch.Generator().manual_seed(seed)
+        x = sampler.initial_noise((1, 1, 4, 4), g)
+        for t in sampler.timesteps:
+            x = sampler.step(0.5 * x, t, x, g)
+        return x
+
+    assert torch.equal(run(0, 1.0), run(0, 1.0))
+    assert not torch.equal(run(0, 1.0), run(1, 1.0))
+
+
+def test_training_loss_is_zero_for_an_oracle():
+    schedule = NoiseSchedule(DiffusionConfig(num_train_timesteps=50))
+    x0 = torch.rand(4, 1, 8, 8)
+    loss = schedule.training_loss(lambda x_t, t: schedule.noise_from_x0(x_t, x0, t), x0)
+    assert float(loss) < 1e-4
+    assert float(schedule.training_loss(lambda x_t, t: torch.zeros_like(x_t), x0)) > 0.5
+
+
+def test_bad_sampler_arguments():
+    config = DiffusionConfig()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("euler", config)
+    with pytest.raises(ValueError, match="steps must be between"):
+        make_sampler("ddim", config, 5000)

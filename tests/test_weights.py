@@ -1,0 +1,49 @@
+import pytest
+
+from napari_etdms import Pipeline, WeightsError
+from napari_etdms.weights import available, resolve, sha256_of
+
+from conftest import sem_like
+
+
+def test_round_trip_through_a_weights_folder(tiny_weights):
+    entry = resolve(tiny_weights.folder)
+    assert entry.name == "tiny-test" and set(entry.files) == {"denoiser", "clsr"}
+    pipe = Pipeline.from_pretrained(tiny_weights.folder / "weights.json", device="cpu")
+    assert pipe.recommended == {"sampler": "ddim", "steps": 4}
+    meta = pipe.run(sem_like((32, 32)), tile=32, overlap=8).metadata
+    assert meta["weights"]["name"] == "tiny-test" and meta["weights"]["hash"] == entry.short_hash
+    assert meta["sampler"] == "ddim" and meta["steps"] == 4
+
+
+def test_env_var_registers_a_folder_by_name(tiny_weights, monkeypatch):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    assert "tiny-test" in available()
+    assert Pipeline.from_pretrained("tiny-test", device="cpu").weights.name == "tiny-test"
+
+
+def test_unknown_name_lists_what_is_known(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tmp_path))
+    with pytest.raises(WeightsError, match="weights 'nope' not found"):
+        resolve("nope")
+
+
+def test_missing_file_is_named(tiny_weights):
+    (tiny_weights.folder / "clsr.pt").unlink()
+    with pytest.raises(WeightsError, match=r"clsr\.pt: weights file missing"):
+        Pipeline.from_pretrained(tiny_weights.folder)
+
+
+def test_truncated_file_fails_the_hash_check(tiny_weights):
+    path = tiny_weights.folder / "denoiser.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"denoiser\.pt: sha256 mismatch"):
+        Pipeline.from_pretrained(tiny_weights.folder)
+    assert sha256_of(path) != tiny_weights.files["denoiser"]["sha256"]
+
+
+def test_corrupt_manifest(tiny_weights):
+    (tiny_weights.folder / "weights.json").write_text("{}")
+    with pytest.raises(WeightsError, match="invalid weights manifest"):
+        resolve(tiny_weights.folder)
