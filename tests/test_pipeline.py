@@ -164,3 +164,22 @@ def test_bfloat16_autocast_stays_close_to_float32(tiny_weights):
     span = np.ptp(frame)
     assert np.abs(f32.denoised - bf16.denoised).mean() < 0.02 * span
     assert np.abs(f32.super_resolved - bf16.super_resolved).mean() < 0.05 * span
+
+
+def test_data_consistency_projection_makes_block_means_match(tiny_pipeline):
+    frame = sem_like((32, 32), np.float32)
+    free = tiny_pipeline.run(frame, denoise=False, data_consistency=False, **FAST)
+    tied = tiny_pipeline.run(frame, denoise=False, data_consistency=True, **FAST)
+    assert tied.consistency_psnr > 60 > free.consistency_psnr
+    assert tied.metadata["data_consistency"] is True
+
+
+def test_projection_is_exact_for_area_averaging():
+    import torch
+
+    from napari_etdms.pipeline import project_onto_low_res
+
+    high, low = torch.randn(1, 1, 32, 40), torch.randn(1, 1, 8, 10)
+    projected = project_onto_low_res(high, low)
+    assert torch.allclose(torch.nn.functional.avg_pool2d(projected, 4), low, atol=1e-6)
+    assert torch.allclose(project_onto_low_res(projected, low), projected, atol=1e-6)  # idempotent

@@ -6,7 +6,9 @@ Exit codes: 0 success, 1 an error (for a batch: any file failed), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -73,6 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
     train.add_argument("--device", default="auto")
     train.add_argument("--export", type=Path, help="write the trained weights as a registry folder here")
+
+    ev = sub.add_parser(
+        "eval",
+        help="degrade clean frames with a fixed seed, restore them, report metrics and figures",
+        description="Evaluate on clean SEM frames: each is degraded with the shipped SEM degradation (fixed seed), "
+        "restored, and compared with the original: PSNR, SSIM, NRMSE, FRC resolution, data consistency, for "
+        "bicubic, stage 1 + bicubic and ETDMS. Writes report.md, metrics.csv, summary.json, crops.png, metrics.png.",
+    )
+    ev.add_argument("inputs", nargs="*", metavar="INPUT", help="clean frames (files or folders)")
+    ev.add_argument("--split", type=Path, help="a training run's split.json: evaluate its validation frames")
+    ev.add_argument("-o", "--output", required=True, type=Path, help="report folder")
+    ev.add_argument("--crop", type=int, default=512, help="central crop of each frame, high-res px (0: whole frame)")
+    ev.add_argument("--lpips-weights", type=Path, help="TorchScript LPIPS module (no download is possible here)")
+    ev.add_argument("--fid-weights", type=Path, help="TorchScript feature extractor for a patch FID")
+    _add_run_options(ev)
+
+    deg = sub.add_parser("degrade", help="write simulated SEM degradations of clean frames, to look at")
+    deg.add_argument("inputs", nargs="+", metavar="INPUT", help="clean frames (files or folders)")
+    deg.add_argument("-o", "--output", required=True, type=Path)
+    deg.add_argument("--count", type=int, default=3, help="random degradations per frame")
+    deg.add_argument("--crop", type=int, default=512, help="central crop, high-res px (0: whole frame)")
+    deg.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -195,8 +219,6 @@ def cmd_train(args) -> int:
     run_dir = args.run_dir or Path("runs") / config.name
     device = str(select_device(args.device))
     stages = {1: ["stage1"], 2: ["stage2"], 0: ["stage1", "stage2", "finetune"]}[args.stage]
-    import time
-
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     for stage in stages:
         remaining = (deadline - time.monotonic()) / 60 if deadline else None
@@ -214,7 +236,58 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"infer": cmd_infer, "demo": cmd_demo, "info": cmd_info, "train": cmd_train}
+def _run_options(args) -> dict:
+    return dict(denoise=not args.no_denoise, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                samples=args.samples, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import run_evaluation
+    from .io import iter_image_files
+    from .pipeline import Pipeline
+
+    files = iter_image_files(args.inputs)
+    if args.split:
+        files += [Path(row["path"]) for row in json.loads(args.split.read_text())["validation"]]
+    if not files:
+        print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
+        return EXIT_USAGE
+    pipeline = Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+    bar, update = _progress_bar("eval")
+    try:
+        run_evaluation(pipeline, files, args.output, args.seed, args.crop or None,
+                                 run_options=_run_options(args), lpips_weights=args.lpips_weights,
+                                 fid_weights=args.fid_weights, progress=lambda d, t, name: update(d, t, name))
+    finally:
+        bar.close()
+    print((args.output / "report.md").read_text())
+    return EXIT_OK
+
+
+def cmd_degrade(args) -> int:
+    import numpy as np
+
+    from .evaluation import centre_crop
+    from .io import iter_image_files, write_tiff
+    from .training.data import load_normalised
+    from .training.degrade import degrade
+
+    files = iter_image_files(args.inputs)
+    rng = np.random.default_rng(args.seed)
+    for path in files:
+        clean = centre_crop(load_normalised(path), args.crop or None).astype(np.float64)
+        for k in range(args.count):
+            degraded, clean_lr, hr = degrade(clean, rng)
+            for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr), ("clean_hr", hr)):
+                if label != "clean_hr" or k == 0:
+                    name = f"{path.stem}_{label}.tif" if label == "clean_hr" else f"{path.stem}_{k}_{label}.tif"
+                    write_tiff(args.output / name, image, None, {"source": str(path), "seed": args.seed, "draw": k})
+        print(f"{path}: {args.count} degradations -> {args.output}")
+    return EXIT_OK
+
+
+COMMANDS = {"infer": cmd_infer, "demo": cmd_demo, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
+            "degrade": cmd_degrade}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,3 +31,69 @@ def ssim(reference, estimate, data_range: float = 2.0) -> float:
         for r, e in zip(ref, est)
     ]
     return float(np.mean(values))
+
+
+# ---- figures for evaluation against a ground truth -----------------------------------------
+
+
+def match_to_reference(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
+    """PSSR-style normalisation: the reference to [0, 1] by its 0.1/99.9 percentiles, then
+    the estimate affinely (least squares) onto it, so global gain/offset do not count."""
+    ref, est = _numpy(reference), _numpy(estimate)
+    lo, hi = np.percentile(ref, (0.1, 99.9))
+    ref = (ref - lo) / max(hi - lo, 1e-12)
+    design = np.stack([est.ravel(), np.ones(est.size)], axis=1)
+    (gain, offset), *_ = np.linalg.lstsq(design, ref.ravel(), rcond=None)
+    return ref, gain * est + offset
+
+
+def nrmse(reference, estimate) -> float:
+    """Root-mean-square error relative to the reference's range (after matching)."""
+    ref, est = match_to_reference(reference, estimate)
+    return float(np.sqrt(np.mean((ref - est) ** 2)))
+
+
+def matched_psnr(reference, estimate) -> float:
+    ref, est = match_to_reference(reference, estimate)
+    return psnr(ref, est, data_range=1.0)
+
+
+def matched_ssim(reference, estimate) -> float:
+    ref, est = match_to_reference(reference, estimate)
+    return ssim(ref, est, data_range=1.0)
+
+
+FRC_THRESHOLD = 1.0 / 7.0
+
+
+def frc_curve(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation of two images on their central square, Hann-windowed.
+    Returns (spatial frequency in cycles/pixel, FRC) for 1-px rings up to Nyquist."""
+    a, b = _numpy(a), _numpy(b)
+    n = min(a.shape[-2:])
+    crop = lambda x: x[(x.shape[0] - n) // 2 :][:n, (x.shape[1] - n) // 2 :][:, :n]  # noqa: E731
+    window = np.outer(np.hanning(n), np.hanning(n))
+    fa = np.fft.fftshift(np.fft.fft2((crop(a) - crop(a).mean()) * window))
+    fb = np.fft.fftshift(np.fft.fft2((crop(b) - crop(b).mean()) * window))
+    yy, xx = np.indices((n, n)) - n // 2
+    rings = np.round(np.hypot(yy, xx)).astype(int).ravel()
+    nyquist = n // 2
+    cross = np.bincount(rings, (fa * fb.conj()).real.ravel())[: nyquist + 1]
+    pa = np.bincount(rings, (np.abs(fa) ** 2).ravel())[: nyquist + 1]
+    pb = np.bincount(rings, (np.abs(fb) ** 2).ravel())[: nyquist + 1]
+    frc = cross / np.sqrt(pa * pb + 1e-30)
+    return np.arange(nyquist + 1) / n, frc
+
+
+def frc_resolution(a, b, pixel_size: float = 1.0) -> float:
+    """Resolution (in units of pixel_size) where the smoothed FRC first drops below 1/7;
+    2 pixels (Nyquist) when it never does."""
+    freq, frc = frc_curve(a, b)
+    smooth = np.convolve(frc, np.ones(3) / 3, mode="same")
+    below = np.nonzero(smooth[1:] < FRC_THRESHOLD)[0]
+    if below.size == 0:
+        return 2.0 * pixel_size
+    k = below[0] + 1  # linear interpolation of the crossing between rings k-1 and k
+    f0, f1, v0, v1 = freq[k - 1], freq[k], smooth[k - 1], smooth[k]
+    crossing = f0 + (v0 - FRC_THRESHOLD) * (f1 - f0) / (v0 - v1) if v0 != v1 else f1
+    return pixel_size / max(crossing, 1e-12)

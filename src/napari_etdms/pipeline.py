@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import __version__
 from .config import ModelConfig, model_config
 from .diffusion import SAMPLERS, default_steps, make_sampler
-from .diffusion.target import from_target, upsample_condition
+from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import IntensityMap
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
@@ -32,6 +32,12 @@ from .weights import WeightsEntry, load_state, resolve
 MIN_SIDE = 8
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
+
+
+def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+    """The nearest frame whose 4x4 block means equal `low_res` (exact for area averaging)."""
+    residual = low_res - F.avg_pool2d(high_res, SCALE)
+    return high_res + F.interpolate(residual, scale_factor=SCALE, mode="nearest")
 
 
 class InputError(ValueError):
@@ -189,10 +195,16 @@ class Pipeline:
         overlap: int = 16,
         batch_size: int = 1,
         samples: int = 1,
+        data_consistency: bool = True,
         progress: ProgressCallback | None = None,
         cancel=None,
     ) -> Result:
-        """Process one 2D frame. Raises InputError for bad input, Cancelled if `cancel.is_set()`."""
+        """Process one 2D frame. Raises InputError for bad input, Cancelled if `cancel.is_set()`.
+
+        `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
+        (denoised) low-res input: generated detail may add texture but cannot change what
+        was measured at the input's resolution.
+        """
         frame = prepare_frame(image)
         sampler = sampler or self.recommended["sampler"]
         if sampler not in SAMPLERS:
@@ -254,7 +266,10 @@ class Pipeline:
         if super_resolve:
             stage_name = "super-resolve"
             started = time.perf_counter()
-            draws = [self._super_resolve(cond, grid, sampler, steps, eta, seed + k, batch_size, tick) for k in range(samples)]
+            draws = [
+                self._super_resolve(cond, grid, sampler, steps, eta, seed + k, batch_size, data_consistency, tick)
+                for k in range(samples)
+            ]
             timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
             stack = torch.stack(draws)
             mean = stack.mean(0)
@@ -276,6 +291,7 @@ class Pipeline:
             "eta": eta if super_resolve and sampler == "ddim" else None,
             "seed": seed,
             "samples": samples,
+            "data_consistency": data_consistency if super_resolve else None,
             "tiling": grid.describe() | {"batch_size": batch_size},
             "device": str(self.device),
             "precision": self.precision,
@@ -303,8 +319,13 @@ class Pipeline:
         return blend_tiles(run_tiles, [(low_res, 1)], grid, 1, batch_size, tick)
 
     @torch.no_grad()
-    def _super_resolve(self, cond, grid, sampler_name, steps, eta, seed, batch_size, tick) -> torch.Tensor:
+    def _super_resolve(self, cond, grid, sampler_name, steps, eta, seed, batch_size, consistent, tick) -> torch.Tensor:
         sampler = make_sampler(sampler_name, self.config.diffusion, steps, eta)
+        target = self.config.diffusion.target
+
+        def project(x0):
+            return to_target(project_onto_low_res(from_target(x0, cond, target), cond), cond, target)
+
         generator = torch.Generator().manual_seed(seed)
         x = sampler.initial_noise((1, 1, SCALE * grid.height, SCALE * grid.width), generator)
         for t in sampler.timesteps:
@@ -315,5 +336,5 @@ class Pipeline:
                     return self.clsr(self._to_device(x_tiles), self._to_device(c_tiles), steps_t)
 
             eps = blend_tiles(predict, [(x, SCALE), (cond, 1)], grid, SCALE, batch_size, tick)
-            x = sampler.step(eps, t, x, generator)
-        return from_target(x, cond, self.config.diffusion.target)
+            x = sampler.step(eps, t, x, generator, project if consistent else None)
+        return from_target(x, cond, target)

@@ -38,10 +38,12 @@ class Sampler:
         self._alphas_cumprod = scheduler.alphas_cumprod.double()
         self.timesteps = [int(t) for t in scheduler.timesteps]
 
-    def _clipped_noise(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+    def _corrected_noise(self, eps: torch.Tensor, t: int, x: torch.Tensor, x0_hook) -> torch.Tensor:
         abar = self._alphas_cumprod[t]
         alpha, sigma = float(abar.sqrt()), float((1 - abar).sqrt())
         x0 = ((x - sigma * eps) / alpha).clamp(-self._clip, self._clip)
+        if x0_hook is not None:
+            x0 = x0_hook(x0)
         return (x - alpha * x0) / sigma
 
     @property
@@ -51,8 +53,9 @@ class Sampler:
     def initial_noise(self, shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator) * float(self._scheduler.init_noise_sigma)
 
-    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        eps = self._clipped_noise(eps, t, x)
+    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator, x0_hook=None):
+        """One step; `x0_hook` may correct the x0 estimate (e.g. a data-consistency projection)."""
+        eps = self._corrected_noise(eps, t, x, x0_hook)
         kwargs = {"generator": generator}
         if self.name == "ddim":
             kwargs["eta"] = self._eta

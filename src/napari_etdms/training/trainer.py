@@ -56,9 +56,15 @@ class StageConfig(_Strict):
     threads: int | None = None
 
 
+class SamplerPreset(_Strict):
+    sampler: Literal["dpmpp", "ddim", "ddpm"] = "dpmpp"
+    steps: int = Field(20, gt=0)
+
+
 class TrainConfig(_Strict):
     name: str
     model: ModelConfig = ModelConfig()
+    recommended: SamplerPreset = SamplerPreset()  # default sampling of the exported weights
     data: DataConfig
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(hr_crop=128, learning_rate=1e-4)
@@ -298,7 +304,7 @@ class StageTrainer:
 
 
 def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike, name: str | None = None,
-           recommended: dict | None = None, card: str | None = None):
+           card: str | None = "MODEL_CARD.md"):
     """Write the EMA weights of stage 1 and the best stage 2 (fine-tuned if present) as a
     registry weights folder."""
     run_dir = Path(run_dir)
@@ -312,4 +318,4 @@ def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.Pa
                 break
     if not states:
         raise FileNotFoundError(f"{run_dir}: no stage checkpoints to export")
-    return write_entry(out_dir, name or config.name, config.model, states, recommended, card)
+    return write_entry(out_dir, name or config.name, config.model, states, config.recommended.model_dump(), card)
