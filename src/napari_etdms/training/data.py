@@ -45,17 +45,16 @@ def _list_file(listing: Path) -> list[Path]:
     return [p if p.is_absolute() else listing.parent / p for p in map(Path, names)]
 
 
-_DETECTOR = re.compile(r"(_detector[A-Z]|multiBSE_[A-Z]|_\d{3})$")
+_DETECTOR = re.compile(r"(detector|multiBSE_)[A-Z](?=_|$)")
+_REPEAT = re.compile(r"_\d{3}$")
 
 
 def scene_key(path: Path) -> str:
-    """Frames of one scene (detector channels, numbered repeats) share a key and a split."""
-    stem = path.stem
-    while True:
-        shorter = _DETECTOR.sub("", stem)
-        if shorter == stem:
-            return stem
-        stem = shorter
+    """Frames of one scene (detector channels A/B/C, numbered repeats) share a key and a split."""
+    stem = _DETECTOR.sub(r"\1*", path.stem)
+    while _REPEAT.search(stem):
+        stem = _REPEAT.sub("", stem)
+    return stem
 
 
 def load_normalised(path: Path) -> np.ndarray:

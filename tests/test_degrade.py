@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from napari_etdms.training import degrade as d
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_probe_blur_keeps_the_mean_and_removes_high_frequencies():
+    image = rng().random((64, 64))
+    blurred = d.probe_blur(image, 1.2, 1.5, 0.7)
+    assert blurred.mean() == pytest.approx(image.mean(), rel=1e-3)
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.5 * np.abs(np.diff(image, axis=1)).mean()
+    k = d.gaussian_kernel(1.0, 1.6, 0.0)
+    assert k.sum() == pytest.approx(1.0)
+    assert k.shape[0] > 1 and (k[k.shape[0] // 2] > k[:, k.shape[1] // 2]).sum() > 0  # wider along x
+
+
+def test_jitter_moves_rows_only():
+    image = np.repeat(np.linspace(0, 1, 32)[:, None], 40, axis=1)  # each row is constant
+    shifts = d.jitter_shifts(8, rng(), 0.3, 1.0, 10.0)
+    moved = d.shift_rows(image, 4 * np.repeat(shifts, 4))
+    assert np.allclose(moved, image)  # a horizontal shift cannot change a constant row
+    ramp = np.tile(np.arange(40.0), (32, 1))
+    moved = d.shift_rows(ramp, np.full(32, 2.0))
+    assert np.allclose(moved[:, 5:-5], ramp[:, 5:-5] + 2.0)
+
+
+@pytest.mark.parametrize("mode", ["point", "line", "area"])
+def test_undersampling_keeps_the_mean(mode):
+    image = rng(1).random((128, 128))
+    low = d.undersample(image, mode, (1, 2))
+    assert low.shape == (32, 32)
+    assert low.mean() == pytest.approx(image.mean(), abs=1e-9 if mode == "area" else 0.01)
+
+
+def test_area_downsample_is_the_block_mean():
+    image = np.arange(64, dtype=float).reshape(8, 8)
+    assert d.area_downsample(image)[0, 0] == image[:4, :4].mean()
+
+
+def test_poisson_branch_variance_follows_the_mean():
+    electrons = 20.0
+    variances = []
+    for level in (0.1, 0.4, 0.8):
+        noisy = d.poisson_gaussian(np.full((200, 200), level), rng(2), electrons, read_sigma=0.0)
+        variances.append(noisy.var())
+        assert noisy.mean() == pytest.approx(level, rel=0.02)
+    expected = np.array([0.1, 0.4, 0.8]) / electrons
+    assert np.allclose(variances, expected, rtol=0.08)
+
+
+def test_read_noise_is_correlated_along_rows_only():
+    noisy = d.poisson_gaussian(np.zeros((256, 256)), rng(3), 1e9, read_sigma=0.05, line_correlation=1.5)
+    along = np.corrcoef(noisy[:, :-1].ravel(), noisy[:, 1:].ravel())[0, 1]
+    across = np.corrcoef(noisy[:-1].ravel(), noisy[1:].ravel())[0, 1]
+    assert along > 0.5 and abs(across) < 0.05
+    assert noisy.std() == pytest.approx(0.05, rel=0.05)
+
+
+def test_drift_is_zero_at_the_first_row_and_grows():
+    image = np.tile(np.sin(np.arange(64) / 3.0), (64, 1))
+    drifted = d.drift(image, dx_fine=4.0, dy_fine=0.0)
+    assert np.allclose(drifted[0], image[0])
+    assert not np.allclose(drifted[-1], image[-1])
+
+
+def test_contrast_charging_and_quantisation():
+    image = np.linspace(0, 1, 100).reshape(10, 10)
+    assert np.allclose(d.contrast(image, 1.0, 0.0, 1.0), image)
+    assert d.contrast(image, 1.2, 0.1, 1.0).max() == pytest.approx(1.3)
+    streaked = d.charging(np.zeros((32, 64)), rng(4), amplitude=0.2, decay=10.0, flicker=0.0)
+    assert streaked.max() > 0.05 and (streaked >= 0).all()
+    q = d.quantise(image, 8, clip=True)
+    assert np.allclose(q * 255, np.round(q * 255)) and np.abs(q - image).max() <= 0.5 / 255 + 1e-12
+
+
+def test_full_chain_is_seeded_and_shaped():
+    clean = rng(5).random((130, 98))
+    a = d.degrade(clean, rng(9))
+    b = d.degrade(clean, rng(9))
+    c = d.degrade(clean, rng(10))
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    degraded, clean_lr, hr = a
+    assert degraded.shape == clean_lr.shape == (32, 24) and hr.shape == (128, 96)
+    assert np.allclose(clean_lr, d.area_downsample(hr), atol=1e-6)

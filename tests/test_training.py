@@ -1,0 +1,115 @@
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_etdms.training.data import augment, scene_key, split_frames, FrameInfo
+from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
+from napari_etdms.weights import resolve
+
+from conftest import TINY, sem_like
+
+
+def _config(data_dir, iterations=3):
+    stage = {"iterations": iterations, "batch_size": 2, "hr_crop": 64, "validate_every": 2, "validation_crops": 2,
+             "validation_steps": 2, "checkpoint_every": 1, "precision": "float32"}
+    return TrainConfig.model_validate({
+        "name": "tiny-run", "model": TINY.model_dump(mode="json"),
+        "data": {"inputs": [str(data_dir)], "max_target_noise": 0.2, "validation_fraction": 0.3},
+        "stage1": stage, "stage2": stage, "finetune": stage,
+    })
+
+
+@pytest.fixture
+def pool(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(4):
+        tifffile.imwrite(folder / f"scene{i}_detectorA.tif", sem_like((96, 96), np.uint8, seed=i))
+    tifffile.imwrite(folder / "scene0_detectorB.tif", sem_like((96, 96), np.uint8, seed=9))
+    noisy = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
+    tifffile.imwrite(folder / "pure_noise.tif", noisy)
+    return folder
+
+
+def test_scene_grouping_keeps_detectors_and_repeats_together():
+    assert scene_key(__import__("pathlib").Path("P33_scale1_detectorA.tif")) == "P33_scale1_detector*"
+    assert scene_key(__import__("pathlib").Path("Indent_multiBSE_C_05.tif")) == scene_key(
+        __import__("pathlib").Path("Indent_multiBSE_A_05.tif"))
+    frames = [FrameInfo(__import__("pathlib").Path(f"s{i % 5}_detector{'AB'[i % 2]}.tif"), f"s{i % 5}", 0.0)
+              for i in range(20)]
+    train, val = split_frames(frames, 0.3, seed=1)
+    assert {f.scene for f in train}.isdisjoint({f.scene for f in val})
+    assert train and val
+
+
+def test_augmentation_is_joint():
+    a = np.arange(16.0).reshape(4, 4)
+    b = a * 10
+    out_a, out_b = augment([a, b], np.random.default_rng(3))
+    assert np.array_equal(out_b, out_a * 10)
+
+
+def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
+    config = _config(pool)
+    run = tmp_path / "run"
+    trainer = StageTrainer(config, "stage1", run)
+    assert trainer.train(show_progress=False) == 3
+    split = json.loads((run / "split.json").read_text())
+    assert [r["path"].endswith("pure_noise.tif") for r in split["excluded_noisy"]] == [True]
+    val_scenes = {r["scene"] for r in split["validation"]}
+    assert val_scenes.isdisjoint({r["scene"] for r in split["train"]})
+    log = [json.loads(line) for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert any("validation" in rec for rec in log)
+
+    more = _config(pool, iterations=5)
+    resumed = StageTrainer(more, "stage1", run)
+    assert resumed.iteration == 3  # picked up the checkpoint
+    assert resumed.train(show_progress=False) == 5
+    assert StageTrainer(more, "stage2", run).train(show_progress=False) == 5
+    assert StageTrainer(more, "finetune", run).train(show_progress=False) == 5
+    entry = export(run, more, tmp_path / "weights")
+    assert resolve(entry.folder).recommended == {"sampler": "dpmpp", "steps": 20}
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
+    trainer = StageTrainer(_config(pool, iterations=1000), "stage2", tmp_path / "run")
+    reached = trainer.train(max_minutes=0.02, show_progress=False)
+    assert 0 < reached < 1000
+    state = torch.load(trainer.checkpoint_path, weights_only=True)
+    assert state["iteration"] == reached
+    assert not list((tmp_path / "run" / "stage2").glob("*.part"))  # atomic writes leave no temp file
+
+
+def test_finetune_needs_stage1(pool, tmp_path):
+    with pytest.raises(FileNotFoundError, match="stage 1 must be trained"):
+        StageTrainer(_config(pool), "finetune", tmp_path / "empty")
+
+
+def _ddp_worker(rank, world, port, config_json, run_dir, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = StageTrainer(TrainConfig.model_validate_json(config_json), "stage1", run_dir)
+        trainer.train(show_progress=False)
+        results[rank] = [p.detach().clone() for p in trainer.net.parameters()][0]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = torch.multiprocessing.Manager()
+    results = manager.dict()
+    config = _config(pool, iterations=2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, config.model_dump_json(), tmp_path / "ddp", results),
+                                nprocs=2, join=True)
+    assert set(results.keys()) == {0, 1}
+    assert torch.equal(results[0], results[1])  # gradients were averaged across ranks
+    assert (tmp_path / "ddp" / "stage1" / "checkpoint.pt").is_file()
