@@ -30,6 +30,15 @@ class OracleCLSR(torch.nn.Module):
         return self.schedule.noise_from_x0(x_t.float(), upsample_condition(cond.float()), t.long().cpu())
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Record each phase's report on the test item: napari's make_napari_viewer fixture
+    reads `item.rep_call` during teardown."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture
 def tiny_pipeline():
     return Pipeline.from_config(TINY, device="cpu", precision="float32", seed=0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +51,80 @@ def _fei_pixel_size_nm(fei_metadata: dict | None) -> float | None:
     return float(width) * 1e9 if isinstance(width, (int, float)) and width > 0 else None
 
 
+# --- lengths and units -------------------------------------------------------------------------
+
+_NM_PER_UNIT = {
+    "pm": 1e-3, "picometer": 1e-3, "picometre": 1e-3,
+    "å": 0.1, "angstrom": 0.1,
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "µm": 1e3, "μm": 1e3, "\\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "micrometer": 1e3, "micrometre": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+}
+
+
+def nm_per_unit(unit) -> float | None:
+    """Nanometres in one `unit` (a string such as 'nm', 'µm', 'micrometer', or a pint unit); None if the
+    unit is not a length (e.g. 'pixel') or unknown."""
+    if unit is None:
+        return None
+    text = format(unit, "~") if hasattr(unit, "dimensionality") else str(unit)
+    return _NM_PER_UNIT.get(text.strip().lower().replace("\x00", ""))
+
+
+def _length_nm(value, unit) -> float | None:
+    """A positive, finite length in nm from a value and its unit; None when either is unusable."""
+    factor = nm_per_unit(unit)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if factor is None or not np.isfinite(value) or value <= 0:
+        return None
+    return value * factor
+
+
+def to_jsonable(obj):
+    """A JSON-serialisable copy of `obj`: numpy scalars become Python numbers, tuples lists, paths strings;
+    arrays, bytes and other objects are left out (dict entries dropped, list items skipped)."""
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (int, float, np.integer, np.floating, np.bool_)):
+        value = obj.item() if isinstance(obj, np.generic) else obj
+        return value if not isinstance(value, float) or np.isfinite(value) else str(value)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if isinstance(key, (str, int, float, bool)) and _keep(value):
+                out[str(key)] = to_jsonable(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj if _keep(v)]
+    return None
+
+
+def _keep(value) -> bool:
+    return isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_, dict, list, tuple,
+                              os.PathLike)) or value is None
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
 def read_frame(path: str | os.PathLike) -> Frame:
-    """Read one SEM frame; FEI/Thermo databars are split off and kept in `databar`."""
+    """Read one SEM frame (TIFF or PNG).
+
+    The pixel size comes from FEI/Thermo, Zeiss SmartSEM, Tescan, OME or ImageJ metadata (in that order;
+    `metadata['pixel_size_source']` names the one used) and the vendor metadata is kept in `metadata`.
+    FEI/Thermo databars (rows below `Image/ResolutionY`) and painted Zeiss/Tescan databars are split off
+    and kept in `databar`, so `vstack(data, databar)` is the stored page. Multi-page TIFFs give 3D `data`
+    (pages, y, x) with no databar split; RGB(A) frames give (y, x, samples). `metadata['axes']` holds the
+    tifffile axes ('YX', 'YXS', 'ZYX', 'TYX', 'QYX', ...).
+    """
     path = Path(path)
     if not path.is_file():
         raise ReadError(f"{path}: no such file")
@@ -63,11 +137,13 @@ def read_frame(path: str | os.PathLike) -> Frame:
 
             with Image.open(path) as im:
                 data = np.asarray(im)
-            return Frame(data=data, path=path)
+            return Frame(data=data, path=path, metadata={"axes": "YX" if data.ndim == 2 else "YXS"})
     except ReadError:
         raise
     except Exception as err:  # corrupt or truncated files raise many types
-        raise ReadError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        raise ReadError(
+            f"{path}: cannot read image, the file may be corrupt or truncated ({type(err).__name__}: {err})"
+        ) from None
     raise ReadError(f"{path}: unsupported file type '{suffix}' (use TIFF or PNG)")
 
 
@@ -75,23 +151,226 @@ def _read_tiff(path: Path) -> Frame:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
         data = tif.asarray()
-        fei = tif.fei_metadata if tif.is_fei else None
-        pixel_size_nm = _fei_pixel_size_nm(fei) or _imagej_pixel_size_nm(tif)
-    metadata = {"fei": fei} if fei else {}
-    image, bar = split_databar(data, fei_scan_rows(fei, data.shape[0])) if data.ndim == 2 else (data, None)
-    return Frame(data=image, path=path, pixel_size_nm=pixel_size_nm, databar=bar, metadata=metadata)
+        if data.ndim != len(axes):  # squeezed/odd series: fall back to a generic label
+            axes = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
+        width = tif.pages[0].shape[1] if len(tif.pages[0].shape) >= 2 else data.shape[-1]
+        metadata, pixel_size_nm = tiff_metadata(tif, width)
+    metadata["axes"] = axes
+    bar = None
+    if axes in ("YX", "YXS"):
+        vendor = metadata.get("vendor")
+        scan_rows, source = None, None
+        if vendor == "FEI":
+            scan_rows = fei_scan_rows(metadata.get("fei"), data.shape[0])
+            source = "FEI Image/ResolutionY"
+        elif vendor in ("Zeiss", "Tescan"):
+            scan_rows = detect_painted_databar(data)
+            source = f"painted {vendor} databar (uniform bottom rows)"
+        data, bar = split_databar(data, scan_rows)
+        if bar is not None:
+            metadata["databar_source"] = source
+    return Frame(data=data, path=path, pixel_size_nm=pixel_size_nm, databar=bar, metadata=metadata)
 
 
-def _imagej_pixel_size_nm(tif) -> float | None:
-    """Pixel size from an ImageJ TIFF's XResolution (pixels per unit) and unit."""
-    unit = (tif.imagej_metadata or {}).get("unit")
-    factor = {"nm": 1.0, "um": 1e3, "micron": 1e3, "\\u00B5m": 1e3, "\u00b5m": 1e3, "mm": 1e6}.get(unit)
+def tiff_metadata(tif, width: int) -> tuple[dict, float | None]:
+    """(metadata, pixel size in nm) of an open `tifffile.TiffFile`, without reading pixels.
+
+    The metadata holds `vendor` ('FEI', 'Zeiss', 'Tescan', 'OME', 'ImageJ' or None), the vendor's
+    metadata under 'fei', 'zeiss', 'tescan', 'ome' or 'imagej' (JSON-serialisable), `pixel_size_source`
+    when a pixel size was found, `provenance` for files written by `write_tiff`, and
+    `pixel_size_warning` when vendor metadata was present but unusable.
+    """
+    metadata: dict = {"vendor": None}
+    candidates = []  # (pixel size nm or None, source), first usable one wins
+    warnings = []
+
+    fei = tif.fei_metadata if tif.is_fei else None
+    if fei:
+        metadata.update(vendor="FEI", fei=to_jsonable(fei))
+        candidates.append((_fei_pixel_size_nm(fei), "FEI Scan/PixelWidth"))
+        candidates.append(_fei_hfw_pixel_size_nm(fei))
+
+    sem = tif.sem_metadata if tif.is_sem else None
+    if sem:
+        if metadata["vendor"] is None:
+            metadata["vendor"] = "Zeiss"
+        metadata["zeiss"] = to_jsonable(sem)
+        candidates.extend(zeiss_pixel_size_nm(sem, width))
+
+    tag = tif.pages[0].tags.get(TESCAN_TAG)
+    if tag is not None:
+        try:
+            tescan = parse_tescan_metadata(tag.value)
+        except ValueError as err:
+            warnings.append(f"Tescan tag {TESCAN_TAG}: {err}")
+        else:
+            if metadata["vendor"] is None:
+                metadata["vendor"] = "Tescan"
+            metadata["tescan"] = tescan
+            main = tescan.get("MAIN", {})
+            candidates.append((_length_nm(main.get("PixelSizeX"), "m"), "Tescan MAIN/PixelSizeX"))
+
+    if tif.is_ome:
+        try:
+            pixels = _ome_pixels(tif.ome_metadata)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, SyntaxError) as err:  # malformed OME-XML
+            warnings.append(f"OME-XML: {type(err).__name__}: {err}")
+        else:
+            if metadata["vendor"] is None:
+                metadata["vendor"] = "OME"
+            metadata["ome"] = pixels
+            unit = pixels.get("PhysicalSizeXUnit", "µm")  # the OME schema default
+            candidates.append((_length_nm(pixels.get("PhysicalSizeX"), unit), "OME PhysicalSizeX"))
+
+    imagej = tif.imagej_metadata if tif.is_imagej else None
+    shaped = (tif.shaped_metadata or ({},))[0] if tif.is_shaped else None
+    for label, meta in (("ImageJ", imagej), ("tifffile", shaped)):
+        if not meta:
+            continue
+        if label == "ImageJ":
+            if metadata["vendor"] is None:
+                metadata["vendor"] = "ImageJ"
+            metadata["imagej"] = to_jsonable({k: v for k, v in meta.items() if k != "Info"})
+        candidates.append((_resolution_pixel_size_nm(tif, meta.get("unit")), f"{label} unit/XResolution"))
+        info = meta.get("Info")
+        if isinstance(info, str) and "provenance" not in metadata:
+            try:
+                provenance = json.loads(info)
+            except ValueError:
+                provenance = info
+            metadata["provenance"] = provenance
+
+    pixel_size_nm = None
+    for value, source in candidates:
+        if value:
+            pixel_size_nm = value
+            metadata["pixel_size_source"] = source
+            break
+    if pixel_size_nm is None and metadata["vendor"] not in (None, "ImageJ"):
+        warnings.append(f"{metadata['vendor']} metadata present but without a usable pixel size")
+    if warnings:
+        metadata["pixel_size_warning"] = "; ".join(warnings)
+    return metadata, pixel_size_nm
+
+
+def _fei_hfw_pixel_size_nm(fei: dict) -> tuple[float | None, str]:
+    """Fallback when `Scan/PixelWidth` is missing: horizontal field width / ResolutionX (rosettasciio)."""
+    try:
+        return _length_nm(float(fei["IRBeam"]["HFW"]) / float(fei["Image"]["ResolutionX"]), "m"), "FEI IRBeam/HFW"
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None, "FEI IRBeam/HFW"
+
+
+def zeiss_pixel_size_nm(sem: dict, width: int) -> list[tuple[float | None, str]]:
+    """Pixel-size candidates from a Zeiss SmartSEM CZ_SEM dict (`TiffFile.sem_metadata`), best first:
+    `ap_image_pixel_size` (value, unit), then rosettasciio's `sem[''][3] * 1024 / width` (metres)."""
+    candidates = []
+    entry = sem.get("ap_image_pixel_size")
+    if isinstance(entry, (tuple, list)) and len(entry) >= 2:
+        value, unit = entry[1], entry[2] if len(entry) >= 3 else None
+        if isinstance(value, str):  # unit not split off by tifffile, e.g. '2.6nm'
+            match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(\S+)\s*", value)
+            value, unit = match.groups() if match else (None, None)
+        candidates.append((_length_nm(value, unit), "Zeiss ap_image_pixel_size"))
+    unnamed = sem.get("")
+    try:
+        candidates.append((_length_nm(float(unnamed[3]) * 1024 / width, "m"), "Zeiss CZ_SEM[''][3]*1024/width"))
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        pass
+    return candidates
+
+
+TESCAN_TAG = 50431
+
+
+def parse_tescan_metadata(value) -> dict[str, dict]:
+    """Sections of the INI text in a Tescan TIFF's private tag 50431 (leading binary is skipped);
+    numbers become int/float. Raises ValueError when there is no INI text."""
+    import configparser
+
+    if isinstance(value, (tuple, list, np.ndarray)):
+        value = bytes(bytearray(int(v) & 0xFF for v in value))
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    start = text.find("[MAIN]")
+    if start < 0:
+        match = re.search(r"^\[[A-Za-z0-9_ ]+\]\s*$", text, flags=re.MULTILINE)
+        if match is None:
+            raise ValueError("no INI sections found")
+        start = match.start()
+    parser = configparser.ConfigParser(interpolation=None, strict=False, allow_no_value=True)
+    parser.optionxform = str  # keep the keys' case (PixelSizeX)
+    try:
+        parser.read_string(text[start:].replace("\x00", ""))
+    except configparser.Error as err:
+        raise ValueError(f"malformed INI text ({type(err).__name__})") from None
+    return {section: {k: _number(v) for k, v in parser.items(section)} for section in parser.sections()}
+
+
+def _number(text):
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _ome_pixels(ome_xml: str) -> dict:
+    """Scalar attributes of the first image's `Pixels` element of an OME-XML string."""
+    import tifffile
+
+    image = tifffile.xml2dict(ome_xml)["OME"]["Image"]
+    if isinstance(image, list):
+        image = image[0]
+    pixels = image.get("Pixels", {})
+    return to_jsonable({k: v for k, v in pixels.items() if not isinstance(v, (dict, list))})
+
+
+def _resolution_pixel_size_nm(tif, unit) -> float | None:
+    """Pixel size from XResolution (pixels per `unit`) and the unit named in ImageJ/tifffile metadata."""
+    factor = nm_per_unit(unit)
     xres = tif.pages[0].tags.get("XResolution")
     if factor is None or xres is None:
         return None
     num, den = xres.value
-    return factor * den / num if num else None
+    return _length_nm(den / num, unit) if num else None
+
+
+def _imagej_pixel_size_nm(tif) -> float | None:
+    """Pixel size from an ImageJ TIFF's XResolution (pixels per unit) and unit."""
+    return _resolution_pixel_size_nm(tif, (tif.imagej_metadata or {}).get("unit"))
+
+
+def detect_painted_databar(
+    image: np.ndarray, uniform: float = 0.9, min_fraction: float = 0.03, max_fraction: float = 1 / 3
+) -> int | None:
+    """Scan rows above a databar painted into the bottom of the frame (Zeiss, Tescan), or None.
+
+    The bar is the run of bottom rows in which more than `uniform` of the pixels sit at the frame's
+    minimum or maximum (flat background with text), at least `min_fraction` and at most `max_fraction`
+    of the height (a larger run is more likely a dark or saturated region of the sample).
+    """
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        lo, hi = image.min(), image.max()
+        extreme = np.all(image == lo, axis=-1) | np.all(image == hi, axis=-1)
+    elif image.ndim == 2:
+        lo, hi = image.min(), image.max()
+        extreme = (image == lo) | (image == hi)
+    else:
+        return None
+    height = image.shape[0]
+    if height < 2 or not lo < hi:
+        return None
+    mixed = np.flatnonzero(extreme.mean(axis=1)[::-1] <= uniform)
+    bar_rows = int(mixed[0]) if mixed.size else height
+    if bar_rows < max(1, math.ceil(min_fraction * height)) or bar_rows > max_fraction * height:
+        return None
+    return height - bar_rows
 
 
 def iter_image_files(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -106,31 +385,63 @@ def iter_image_files(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def write_tiff(path: str | os.PathLike, data: np.ndarray, pixel_size_nm: float | None, provenance: dict) -> Path:
-    """Write an ImageJ TIFF with pixel size (micrometres) and provenance, atomically.
+_IMAGEJ_DTYPES = "BHhf"  # uint8, uint16, int16, float32
 
-    The file appears under its final name only once complete (temp file + rename), and an
-    existing file is never replaced: a clear error is raised instead.
+
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    pixel_size_nm: float | None,
+    provenance: dict,
+    *,
+    overwrite: bool = False,
+    axes: str | None = None,
+) -> Path:
+    """Write a TIFF with pixel size (micrometres) and provenance, atomically.
+
+    The file appears under its final name only once complete (temp file + rename). An existing file is
+    never replaced unless `overwrite` is true (then it is swapped in one `os.replace`, so readers see the
+    old or the new file, never a partial one). `axes` is 'YX', 'YXS' (RGB), 'ZYX' or 'TYX'; by default 2D
+    is 'YX', 3D with 3 or 4 uint8 samples last is 'YXS', other 3D 'ZYX'. ImageJ TIFFs are written for
+    uint8/uint16/int16/float32 data; other dtypes are written unchanged as tifffile TIFFs carrying the
+    same 'unit' and 'Info' keys (ImageJ cannot hold them), both read back by `read_frame`/`read_provenance`.
     """
     import tifffile
 
     path = Path(path)
-    if path.exists():
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder")
+    if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists already; refusing to overwrite")
+    data = np.asarray(data)
+    if axes is None:
+        if data.ndim == 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8:
+            axes = "YXS"
+        else:
+            axes = "YX" if data.ndim == 2 else "ZYX"
+    if len(axes) != data.ndim:
+        raise ValueError(f"{path}: axes '{axes}' do not match data of shape {data.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"Info": json.dumps(provenance, default=str)}
-    kwargs = {}
+    kwargs = {"photometric": "rgb" if axes.endswith("S") else "minisblack"}
     if pixel_size_nm:
         px_um = pixel_size_nm / 1000.0
         kwargs["resolution"] = (1.0 / px_um, 1.0 / px_um)
         metadata["unit"] = "um"
+    imagej = data.dtype.char in _IMAGEJ_DTYPES
+    if axes not in ("YX", "YXS"):
+        metadata["axes"] = axes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, data, imagej=True, metadata=metadata, **kwargs)
-        os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
+        tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, **kwargs)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -139,6 +450,10 @@ def read_provenance(path: str | os.PathLike) -> dict:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        info = (tif.imagej_metadata or {}).get("Info")
-        pixel_size_nm = _imagej_pixel_size_nm(tif)
+        if tif.is_imagej:
+            meta = tif.imagej_metadata or {}
+        else:
+            meta = ((tif.shaped_metadata or ({},))[0] if tif.is_shaped else None) or {}
+        info = meta.get("Info")
+        pixel_size_nm = _resolution_pixel_size_nm(tif, meta.get("unit"))
     return {"provenance": json.loads(info) if info else {}, "pixel_size_nm": pixel_size_nm}

@@ -1,0 +1,1 @@
+"""napari contributions (reader, writer, sample data, widget); thin wrappers over `napari_etdms.io`."""

@@ -1,0 +1,360 @@
+"""The ETDMS dock widget: a thin Qt layer over the pipeline.
+
+It snapshots the chosen layer on the main thread, runs the job in a napari generator
+worker (GUI stays responsive), shows progress in the widget and in napari's activity
+panel, turns Run into Cancel while working, and adds the outputs as layers that overlay
+the input exactly. Viewer and layers are only touched on the main thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from .. import __version__
+from ..diffusion import SAMPLERS
+from ..pipeline import Result
+from ..weights import DEFAULT_WEIGHTS, available
+from .geometry import pyramid_levels, region_geometry, upscaled_geometry
+from .worker import Job, run_job
+
+LOCAL_FILE = "local weights file..."
+REGIONS = ("whole frame", "current view", "shapes rectangle")
+SLICES = ("current slice", "all slices")
+OUTPUTS = {  # Result field -> layer name suffix
+    "denoised": "denoised",
+    "super_resolved": "ETDMS x4",
+    "bicubic_input": "bicubic x4",
+    "bicubic_denoised": "denoised bicubic x4",
+    "std": "ETDMS x4 std",
+}
+PERSISTED = ("denoise", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples", "region",
+             "tile", "overlap", "batch_size", "precision")
+
+
+def detected_devices() -> list[str]:
+    import torch
+
+    devices = ["auto"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+class ETDMSWidget(QWidget):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = viewer
+        self.worker = None
+        self._cancel: threading.Event | None = None
+        self._progress = None  # napari.utils.progress in the activity panel
+        self._outcome = ""  # status shown once the worker has finished
+        self._build()
+        self._restore_settings()
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+
+    # ---- construction -----------------------------------------------------------------
+    def _build(self):
+        import torch
+
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.slices = ComboBox(label="3D stack", choices=SLICES, value=SLICES[0], visible=False)
+        self.denoise = CheckBox(label="denoise (stage 1)", value=True)
+        self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=True)
+        self.weights = ComboBox(label="weights", choices=self._weights_choices)
+        self.weights_file = FileEdit(label="weights.json", filter="weights.json", visible=False)
+        devices = detected_devices()
+        self.device = ComboBox(label="device", choices=devices, value="auto")
+        auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
+        self.device_info = Label(value=f"detected: {auto} (torch {torch.__version__})")
+        self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="dpmpp")
+        self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.samples = SpinBox(label="samples", min=1, max=64, value=1,
+                               tooltip="more than 1 adds the mean and a per-pixel uncertainty (std) layer")
+        self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
+        self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True, visible=False)
+        self.advanced = CheckBox(label="advanced settings", value=False)
+        self.tile = SpinBox(label="tile (px)", min=16, max=512, step=4, value=64, visible=False)
+        self.overlap = SpinBox(label="overlap (px)", min=0, max=256, value=16, visible=False)
+        self.batch_size = SpinBox(label="tiles per batch", min=1, max=64, value=1, visible=False)
+        self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
+                                  value="auto", visible=False)
+        self.run_button = PushButton(text="Run")
+        self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        self.form = Container(widgets=[
+            self.image, self.slices, self.denoise, self.super_resolve, self.weights, self.weights_file,
+            self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples, self.region,
+            self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
+            self.run_button, self.progress_bar, self.status,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addStretch(1)
+        self.advanced.changed.connect(self._toggle_advanced)
+        self.weights.changed.connect(lambda v: setattr(self.weights_file, "visible", v == LOCAL_FILE))
+        self.region.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shapes rectangle"))
+        self.image.changed.connect(self._image_changed)
+        self.sampler.changed.connect(self._sampler_changed)
+        self.run_button.changed.connect(self._run_or_cancel)
+        self._image_changed(self.image.value)
+
+    def _image_choices(self, _widget=None):
+        import napari
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
+                and not layer.rgb and layer.ndim in (2, 3)]
+
+    def _shapes_choices(self, _widget=None):
+        import napari
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Shapes)]
+
+    @staticmethod
+    def _weights_choices(_widget=None):
+        names = list(available())
+        return names + [LOCAL_FILE] if names else [LOCAL_FILE]
+
+    def _refresh_layers(self, _event=None):
+        self.form.reset_choices()
+
+    def _toggle_advanced(self, shown: bool):
+        for w in (self.tile, self.overlap, self.batch_size, self.precision):
+            w.visible = shown
+
+    def _image_changed(self, layer):
+        self.slices.visible = layer is not None and layer.ndim == 3
+
+    def _sampler_changed(self, name: str):
+        from ..config import DiffusionConfig
+        from ..diffusion import default_steps
+
+        self.steps.value = 20 if name == "dpmpp" else default_steps(name, DiffusionConfig())
+
+    # ---- settings ----------------------------------------------------------------------
+    @staticmethod
+    def _settings() -> QSettings:
+        from platformdirs import user_config_dir
+
+        folder = Path(os.environ.get("NAPARI_ETDMS_CONFIG_DIR") or user_config_dir("napari-etdms"))
+        return QSettings(str(folder / "dock-widget.ini"), QSettings.Format.IniFormat)
+
+    def _restore_settings(self):
+        settings = self._settings()
+        for name in PERSISTED:
+            value = settings.value(name)
+            widget = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                if isinstance(widget, CheckBox):
+                    widget.value = str(value).lower() == "true"
+                elif isinstance(widget, SpinBox):
+                    widget.value = int(value)
+                elif value in widget.choices:
+                    widget.value = value
+            except (ValueError, TypeError):
+                continue  # a stale or foreign value: keep the default
+
+    def _save_settings(self):
+        settings = self._settings()
+        for name in PERSISTED:
+            settings.setValue(name, getattr(self, name).value)
+
+    # ---- running -----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _run_or_cancel(self, _=None):
+        if self.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def _selected_weights(self) -> str | None:
+        if self.weights.value == LOCAL_FILE:
+            path = Path(self.weights_file.value)
+            if not path.is_file():
+                raise ValueError("choose a weights.json file, or install trained weights")
+            return str(path)
+        return self.weights.value or DEFAULT_WEIGHTS
+
+    def _region(self, layer) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) in the layer's data pixels (last two axes)."""
+        height, width = layer.data.shape[-2:]
+        if self.region.value == "current view":
+            corners = np.asarray(layer.corner_pixels)[:, -2:]
+            y0, x0 = np.clip(corners[0], 0, None)
+            y1, x1 = corners[1] + 1
+        elif self.region.value == "shapes rectangle":
+            shapes = self.shapes.value
+            if shapes is None or len(shapes.data) == 0:
+                raise ValueError("draw a rectangle in a Shapes layer and choose that layer")
+            index = next(iter(shapes.selected_data), len(shapes.data) - 1)
+            world = np.array([shapes.data_to_world(v) for v in shapes.data[index]])
+            pixels = np.array([layer.world_to_data(w) for w in world])[:, -2:]
+            y0, x0 = np.floor(pixels.min(axis=0)).astype(int)
+            y1, x1 = np.ceil(pixels.max(axis=0)).astype(int) + 1
+        else:
+            return 0, height, 0, width
+        y0, y1 = int(max(0, y0)), int(min(height, y1))
+        x0, x1 = int(max(0, x0)), int(min(width, x1))
+        if y1 - y0 < 8 or x1 - x0 < 8:
+            raise ValueError(f"the region is only {y1 - y0}x{x1 - x0} px; choose at least 8x8 px inside the image")
+        return y0, y1, x0, x1
+
+    def _snapshot(self):
+        layer = self.image.value
+        if layer is None:
+            raise ValueError("open an SEM image first (File > Open, or a sample under File > Open Sample)")
+        y0, y1, x0, x1 = self._region(layer)
+        data = layer.data
+        if layer.ndim == 3 and self.slices.value == "current slice":
+            index = int(self.viewer.dims.current_step[0])
+            index = min(max(index, 0), data.shape[0] - 1)
+            frames, slice_index = [np.array(data[index, y0:y1, x0:x1])], index
+        elif layer.ndim == 3:
+            frames, slice_index = [np.array(data[i, y0:y1, x0:x1]) for i in range(data.shape[0])], None
+        else:
+            frames, slice_index = [np.array(data[y0:y1, x0:x1])], None
+        return layer, frames, (y0, x0), slice_index
+
+    def run(self):
+        """Start a run (the Run button). Errors in the settings are shown, nothing starts."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+        from napari.utils.notifications import show_error
+
+        try:
+            layer, frames, offset, slice_index = self._snapshot()
+            weights = self._selected_weights()
+        except ValueError as err:
+            show_error(f"ETDMS: {err}")
+            return
+        options = dict(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
+                       sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
+                       samples=self.samples.value, tile=self.tile.value, overlap=self.overlap.value,
+                       batch_size=self.batch_size.value)
+        if not (options["denoise"] or options["super_resolve"]):
+            show_error("ETDMS: choose at least one stage (denoise or super-resolve)")
+            return
+        self._save_settings()
+        job = Job(frames, weights, self.device.value, self.precision.value, options)
+        context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
+                   "region": self.region.value, "options": options}
+        self._cancel = threading.Event()
+        self.worker = create_worker(run_job, job, self._cancel)
+        self._progress = progress(total=0, desc="ETDMS")
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(lambda results: self._on_done(results, context))
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._reset)
+        self.run_button.text = "Cancel"
+        self.progress_bar.visible = True
+        self.progress_bar.value = 0
+        self.status.value = "loading weights..."
+        self.worker.start()
+
+    def cancel(self):
+        if self._cancel is not None:
+            self._cancel.set()
+            self.status.value = "cancelling..."
+            self.run_button.enabled = False
+
+    def _on_progress(self, p):
+        if self._outcome or not self.running:  # a late event after the result arrived
+            return
+        self.progress_bar.max = p.total
+        self.progress_bar.value = p.done
+        if self._progress is not None:
+            self._progress.total = p.total * p.frames
+            self._progress.n = p.frame * p.total + p.done
+            self._progress.set_description(f"ETDMS {p.stage}")
+        eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+        frame = f"slice {p.frame + 1}/{p.frames} " if p.frames > 1 else ""
+        self.status.value = f"{frame}{p.stage}: {p.done}/{p.total}{eta}"
+
+    def _on_error(self, err):
+        # napari's worker already shows the exception as an error notification
+        self._outcome = f"error: {err}"
+
+    def _reset(self):
+        self.worker = None
+        self._cancel = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.run_button.text = "Run"
+        self.run_button.enabled = True
+        self.progress_bar.visible = False
+        self.status.value, self._outcome = self._outcome, ""
+
+    # ---- outputs -----------------------------------------------------------------------
+    def _on_done(self, results: list[Result] | None, context: dict):
+        from napari.utils.notifications import show_info
+
+        if results is None:
+            show_info("ETDMS: cancelled; no layers were added or changed")
+            self._outcome = "cancelled"
+            return
+        layer = context["layer"]
+        seconds = time.monotonic() - context["started"]
+        for field_name, suffix in OUTPUTS.items():
+            frames = [getattr(r, field_name) for r in results]
+            if frames[0] is None:
+                continue
+            data = frames[0] if len(frames) == 1 else np.stack(frames)
+            provenance = results[0].metadata | {
+                "input_layer": layer.name,
+                "output": field_name,
+                "region": {"mode": context["region"], "offset_px": list(context["offset"]),
+                           "shape_px": list(results[0].bicubic_input.shape[-2:])},
+                "slice": context["slice"],
+                "wall_time_s": round(seconds, 2),
+                "plugin": f"napari-etdms {__version__}",
+            }
+            self._add_or_update(layer, f"{layer.name} {suffix}", data, field_name, context, provenance)
+        self._outcome = f"done in {seconds:.1f} s"
+
+    def _add_or_update(self, layer, name, data, field_name, context, provenance):
+        scale, translate = list(layer.scale), list(layer.translate)
+        if data.ndim == 2 and layer.ndim == 3:  # one slice of a stack: a 2D layer on that slice's plane
+            scale, translate = scale[1:], translate[1:]
+        scale, translate = region_geometry(scale, translate, context["offset"])
+        if field_name != "denoised":
+            scale, translate = upscaled_geometry(scale, translate, 4)
+        kwargs = dict(scale=scale, translate=translate, metadata=provenance,
+                      units=tuple(layer.units)[-len(scale):], axis_labels=tuple(layer.axis_labels)[-len(scale):])
+        if field_name == "std":
+            kwargs["colormap"] = "magma"
+        else:
+            kwargs["contrast_limits"] = tuple(layer.contrast_limits)
+        levels = pyramid_levels(data.shape)
+        if levels > 1:
+            data = _pyramid(data, levels)
+            kwargs["multiscale"] = True
+        if name in self.viewer.layers:  # re-running replaces the previous outputs of this input
+            self.viewer.layers.remove(name)
+        self.viewer.add_image(data, name=name, **kwargs)
+
+
+def _pyramid(data: np.ndarray, levels: int) -> list[np.ndarray]:
+    out = [data]
+    for _ in range(levels - 1):
+        prev = out[-1]
+        h, w = prev.shape[-2] // 2 * 2, prev.shape[-1] // 2 * 2
+        blocks = prev[..., :h, :w].reshape(*prev.shape[:-2], h // 2, 2, w // 2, 2)
+        out.append(blocks.mean(axis=(-3, -1)).astype(data.dtype))
+    return out

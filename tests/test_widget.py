@@ -1,0 +1,155 @@
+"""Viewer tests: the dock widget from the manifest, in a real napari viewer (Xvfb)."""
+
+import numpy as np
+import pytest
+
+from conftest import sem_like
+
+OUTPUT_NAMES = {"sem denoised", "sem ETDMS x4", "sem bicubic x4", "sem denoised bicubic x4"}
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tiny_weights, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path / "config"))  # keep settings out of the home folder
+    viewer = make_napari_viewer()
+    data = sem_like((40, 48), np.uint16)
+    layer = viewer.add_image(data, name="sem", scale=(5.0, 5.0), translate=(100.0, 20.0), units=("nm", "nm"))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-etdms", "ETDMS")
+    widget.image.value = layer
+    widget.weights.value = "tiny-test"
+    widget.advanced.value = True
+    widget.sampler.value = "ddim"
+    widget.steps.value = 2
+    widget.tile.value = 32
+    widget.overlap.value = 8
+    return viewer, widget, layer, data.copy()
+
+
+def run_and_wait(qtbot, widget, timeout=60_000):
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def test_run_adds_overlaid_outputs_with_provenance(setup, qtbot):
+    viewer, widget, layer, original = setup
+    run_and_wait(qtbot, widget)
+    names = {lay.name for lay in viewer.layers}
+    assert OUTPUT_NAMES <= names and "sem ETDMS x4 std" not in names
+    assert np.array_equal(layer.data, original)  # the input layer is untouched
+    denoised, x4 = viewer.layers["sem denoised"], viewer.layers["sem ETDMS x4"]
+    assert denoised.data.shape == (40, 48) and x4.data.shape == (160, 192)
+    assert tuple(denoised.scale) == (5.0, 5.0) and tuple(denoised.translate) == (100.0, 20.0)
+    assert tuple(x4.scale) == (1.25, 1.25)
+    assert [str(u) for u in x4.units] == ["nanometer", "nanometer"]
+    for i, j in [(0, 0), (7, 11), (39, 47)]:  # centre of x4 pixel (4i+1.5, 4j+1.5) = centre of input (i, j)
+        assert np.allclose(x4.data_to_world((4 * i + 1.5, 4 * j + 1.5)), layer.data_to_world((i, j)))
+    meta = x4.metadata
+    assert meta["weights"]["name"] == "tiny-test" and meta["sampler"] == "ddim" and meta["steps"] == 2
+    assert meta["input_layer"] == "sem" and meta["tiling"]["tile"] == 32 and "napari-etdms" in meta["plugin"]
+    assert widget.run_button.text == "Run" and "done" in widget.status.value
+
+
+def test_rerun_replaces_outputs_and_samples_add_uncertainty(setup, qtbot):
+    viewer, widget, _, _ = setup
+    run_and_wait(qtbot, widget)
+    count = len(viewer.layers)
+    widget.samples.value = 2
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == count + 1  # only the new std layer, no duplicates
+    assert viewer.layers["sem ETDMS x4 std"].data.shape == (160, 192)
+    assert viewer.layers["sem ETDMS x4"].metadata["samples"] == 2
+
+
+def test_cancel_stops_the_run_and_changes_nothing(setup, qtbot):
+    viewer, widget, _, _ = setup
+    widget.steps.value = 150
+    before = [lay.name for lay in viewer.layers]
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: widget.progress_bar.value > 2, timeout=60_000)
+    assert widget.run_button.text == "Cancel"
+    widget.run_button.clicked()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert [lay.name for lay in viewer.layers] == before
+    assert widget.run_button.text == "Run" and widget.run_button.enabled
+    assert widget.status.value == "cancelled"
+
+
+def test_errors_reset_the_widget(setup, qtbot):
+    viewer, widget, _, _ = setup
+    viewer.add_image(np.full((30, 30), 5.0), name="flat")
+    widget.image.value = viewer.layers["flat"]
+    with qtbot.capture_exceptions() as raised:  # napari relays worker errors as notifications
+        run_and_wait(qtbot, widget)
+    assert any("constant" in str(exc) for _, exc, _ in raised)
+    assert widget.status.value.startswith("error:") and "constant" in widget.status.value
+    assert widget.run_button.text == "Run" and not widget.running
+    assert "flat denoised" not in [lay.name for lay in viewer.layers]
+
+
+def test_shapes_region_places_the_crop_in_place(setup, qtbot):
+    viewer, widget, layer, _ = setup
+    shapes = viewer.add_shapes([[[100 + 5 * 10, 20 + 5 * 12], [100 + 5 * 30, 20 + 5 * 40]]], shape_type="rectangle")
+    widget.region.value = "shapes rectangle"
+    widget.shapes.value = shapes
+    widget.image.value = layer
+    run_and_wait(qtbot, widget)
+    denoised = viewer.layers["sem denoised"]
+    assert denoised.data.shape == (21, 29)
+    assert np.allclose(denoised.data_to_world((0, 0)), layer.data_to_world((10, 12)))
+    x4 = viewer.layers["sem ETDMS x4"]
+    assert np.allclose(x4.data_to_world((1.5, 1.5)), layer.data_to_world((10, 12)))
+
+
+def test_current_slice_of_a_stack(setup, qtbot):
+    viewer, widget, _, _ = setup
+    stack = np.stack([sem_like((32, 32), np.uint8, seed=s) for s in range(3)])
+    viewer.add_image(stack, name="stack")
+    viewer.dims.current_step = (1, 0, 0)
+    widget.image.value = viewer.layers["stack"]
+    assert not widget.slices.native.isHidden()  # the slice choice appears for stacks
+    run_and_wait(qtbot, widget)
+    assert viewer.layers["stack denoised"].data.shape == (32, 32)
+    assert viewer.layers["stack denoised"].metadata["slice"] == 1
+
+
+def test_settings_persist_between_sessions(setup, qtbot):
+    viewer, widget, _, _ = setup
+    widget.seed.value = 42
+    widget.samples.value = 2
+    run_and_wait(qtbot, widget)
+    from napari_etdms.plugin.widget import ETDMSWidget
+
+    again = ETDMSWidget(viewer)
+    assert again.seed.value == 42 and again.samples.value == 2 and again.sampler.value == "ddim"
+    assert again.steps.value == 2 and again.tile.value == 32
+
+
+def test_manifest_validates_with_imports():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-etdms", "--imports"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sample_opens_and_a_region_of_it_runs(make_napari_viewer, tiny_weights, monkeypatch, tmp_path, qtbot):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-etdms", "superalloy")
+    sample = viewer.layers[-1]
+    assert sample.data.shape == (512, 512)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-etdms", "ETDMS")
+    shapes = viewer.add_shapes([[[200, 200], [240, 248]]], shape_type="rectangle")
+    widget.image.value = sample
+    widget.region.value = "shapes rectangle"
+    widget.shapes.value = shapes
+    widget.weights.value = "tiny-test"
+    widget.sampler.value = "ddim"
+    widget.steps.value = 2
+    run_and_wait(qtbot, widget)
+    x4 = viewer.layers[f"{sample.name} ETDMS x4"]
+    assert x4.data.shape == (4 * 41, 4 * 49)
+    assert x4.metadata["region"]["offset_px"] == [200, 200]
