@@ -66,7 +66,7 @@ def test_cancel_stops_the_run_and_changes_nothing(setup, qtbot):
     widget.steps.value = 150
     before = [lay.name for lay in viewer.layers]
     widget.run_button.clicked()
-    qtbot.waitUntil(lambda: widget.progress_bar.value > 2, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.progress_bar.value > 2, timeout=60_000)  # drawn by the timer
     assert widget.run_button.text == "Cancel"
     widget.run_button.clicked()
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
@@ -79,9 +79,7 @@ def test_errors_reset_the_widget(setup, qtbot):
     viewer, widget, _, _ = setup
     viewer.add_image(np.full((30, 30), 5.0), name="flat")
     widget.image.value = viewer.layers["flat"]
-    with qtbot.capture_exceptions() as raised:  # napari relays worker errors as notifications
-        run_and_wait(qtbot, widget)
-    assert any("constant" in str(exc) for _, exc, _ in raised)
+    run_and_wait(qtbot, widget)
     assert widget.status.value.startswith("error:") and "constant" in widget.status.value
     assert widget.run_button.text == "Run" and not widget.running
     assert "flat denoised" not in [lay.name for lay in viewer.layers]

@@ -16,7 +16,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QSettings, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from .. import __version__
@@ -57,7 +57,10 @@ class ETDMSWidget(QWidget):
         self.worker = None
         self._cancel: threading.Event | None = None
         self._progress = None  # napari.utils.progress in the activity panel
-        self._outcome = ""  # status shown once the worker has finished
+        self._latest = None  # newest progress event, drawn by the timer
+        self._timer = QTimer(self)
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
         self._build()
         self._restore_settings()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -255,16 +258,19 @@ class ETDMSWidget(QWidget):
         context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
                    "region": self.region.value, "options": options}
         self._cancel = threading.Event()
-        self.worker = create_worker(run_job, job, self._cancel)
+        outcome: dict = {}
+        self.worker = create_worker(_collect, run_job(job, self._cancel), outcome)
         self._progress = progress(total=0, desc="ETDMS")
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda results: self._on_done(results, context))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._reset)
+        cancel = self._cancel
+        self.worker.aborted.connect(lambda: cancel.set())  # napari's task manager may quit the worker
+        # One completion handler, on `finished`: Qt may deliver `returned` after `finished`.
+        self.worker.finished.connect(lambda: self._finish(outcome, context))
         self.run_button.text = "Cancel"
         self.progress_bar.visible = True
         self.progress_bar.value = 0
         self.status.value = "loading weights..."
+        self._timer.start()
         self.worker.start()
 
     def cancel(self):
@@ -274,7 +280,13 @@ class ETDMSWidget(QWidget):
             self.run_button.enabled = False
 
     def _on_progress(self, p):
-        if self._outcome or not self.running:  # a late event after the result arrived
+        # Only remember the event: the timer draws it on the main thread, so a late or
+        # cross-thread delivery can never overwrite the final status.
+        self._latest = p
+
+    def _show_progress(self):
+        p, self._latest = self._latest, None
+        if p is None or not self.running:
             return
         self.progress_bar.max = p.total
         self.progress_bar.value = p.done
@@ -286,11 +298,22 @@ class ETDMSWidget(QWidget):
         frame = f"slice {p.frame + 1}/{p.frames} " if p.frames > 1 else ""
         self.status.value = f"{frame}{p.stage}: {p.done}/{p.total}{eta}"
 
-    def _on_error(self, err):
-        # napari's worker already shows the exception as an error notification
-        self._outcome = f"error: {err}"
+    def _finish(self, outcome: dict, context: dict):
+        from napari.utils.notifications import show_error, show_info
+
+        self._reset()
+        if "error" in outcome:
+            show_error(f"ETDMS failed: {outcome['error']}")
+            self.status.value = f"error: {outcome['error']}"
+        elif outcome.get("results") is None:
+            show_info("ETDMS: cancelled; no layers were added or changed")
+            self.status.value = "cancelled"
+        else:
+            self._add_outputs(outcome["results"], context)
 
     def _reset(self):
+        self._timer.stop()
+        self._latest = None
         self.worker = None
         self._cancel = None
         if self._progress is not None:
@@ -299,16 +322,9 @@ class ETDMSWidget(QWidget):
         self.run_button.text = "Run"
         self.run_button.enabled = True
         self.progress_bar.visible = False
-        self.status.value, self._outcome = self._outcome, ""
 
     # ---- outputs -----------------------------------------------------------------------
-    def _on_done(self, results: list[Result] | None, context: dict):
-        from napari.utils.notifications import show_info
-
-        if results is None:
-            show_info("ETDMS: cancelled; no layers were added or changed")
-            self._outcome = "cancelled"
-            return
+    def _add_outputs(self, results: list[Result], context: dict):
         layer = context["layer"]
         seconds = time.monotonic() - context["started"]
         for field_name, suffix in OUTPUTS.items():
@@ -326,7 +342,7 @@ class ETDMSWidget(QWidget):
                 "plugin": f"napari-etdms {__version__}",
             }
             self._add_or_update(layer, f"{layer.name} {suffix}", data, field_name, context, provenance)
-        self._outcome = f"done in {seconds:.1f} s"
+        self.status.value = f"done in {seconds:.1f} s"
 
     def _add_or_update(self, layer, name, data, field_name, context, provenance):
         scale, translate = list(layer.scale), list(layer.translate)
@@ -348,6 +364,14 @@ class ETDMSWidget(QWidget):
         if name in self.viewer.layers:  # re-running replaces the previous outputs of this input
             self.viewer.layers.remove(name)
         self.viewer.add_image(data, name=name, **kwargs)
+
+
+def _collect(job, outcome: dict):
+    """Relay a job's progress; keep its result or error for the main thread (worker thread)."""
+    try:
+        outcome["results"] = yield from job
+    except Exception as err:  # shown by the widget, with the widget reset
+        outcome["error"] = err
 
 
 def _pyramid(data: np.ndarray, levels: int) -> list[np.ndarray]:

@@ -1,0 +1,89 @@
+"""Qt-free parts of the plugin: output geometry, pyramids, the background job."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_etdms.plugin import worker as worker_module
+from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
+from napari_etdms.plugin.widget import _pyramid
+from napari_etdms.plugin.worker import Job, run_job
+
+from conftest import sem_like
+
+
+def test_x4_geometry_puts_subpixels_inside_their_input_pixel():
+    scale, translate = upscaled_geometry((2.0, 3.0), (10.0, -4.0))
+    assert scale == [0.5, 0.75]
+    for i in range(5):  # centre of x4 pixel 4i+1.5 == centre of input pixel i
+        assert translate[0] + (4 * i + 1.5) * scale[0] == pytest.approx(10.0 + 2.0 * i)
+        assert translate[1] + (4 * i + 1.5) * scale[1] == pytest.approx(-4.0 + 3.0 * i)
+
+
+def test_region_geometry_offsets_the_last_two_axes():
+    scale, translate = region_geometry((1.0, 2.0, 2.0), (5.0, 0.0, 1.0), (3, 4))
+    assert scale == [1.0, 2.0, 2.0] and translate == [5.0, 6.0, 9.0]
+
+
+def test_large_outputs_become_pyramids_that_fit_a_texture():
+    assert pyramid_levels((16384, 100)) == 1
+    assert pyramid_levels((16385, 100)) == 2
+    assert pyramid_levels((70000, 10)) == 4
+    levels = _pyramid(np.ones((40, 36), np.float32), 3)
+    assert [lv.shape for lv in levels] == [(40, 36), (20, 18), (10, 9)]
+    assert all(lv.dtype == np.float32 for lv in levels)
+
+
+def _drain(generator):
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_job_yields_progress_and_returns_results(tiny_weights):
+    worker_module.load_pipeline.cache_clear()
+    job = Job([sem_like((32, 32)), sem_like((32, 32), seed=1)], str(tiny_weights.folder), "cpu", "float32",
+              dict(sampler="ddim", steps=2, tile=32, overlap=8))
+    events, results = _drain(run_job(job, threading.Event()))
+    assert len(results) == 2 and results[1].super_resolved.shape == (128, 128)
+    assert [e.frame for e in events][0] == 0 and events[-1].frame == 1
+    assert events[-1].done == events[-1].total and events[-1].eta_s == pytest.approx(0, abs=1e-6)
+
+
+def test_cancelled_job_returns_nothing(tiny_weights):
+    cancel = threading.Event()
+    job = Job([sem_like((32, 32))], str(tiny_weights.folder), "cpu", "float32",
+              dict(sampler="ddim", steps=50, tile=32, overlap=8))
+    generator = run_job(job, cancel)
+    next(generator)
+    cancel.set()
+    events, results = _drain(generator)
+    assert results is None and len(events) <= 2  # stopped within a step
+
+
+def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
+    calls = []
+
+    class FakePipeline:
+        def run(self, frame, batch_size, **kwargs):
+            calls.append(batch_size)
+            if batch_size > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+            return "ok"
+
+    assert worker_module._run_with_backoff(FakePipeline(), None, {"batch_size": 8}) == "ok"
+    assert calls == [8, 4, 2]
+
+    class AlwaysOOM(FakePipeline):
+        def run(self, frame, batch_size, **kwargs):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(MemoryError, match="smaller region or tile"):
+        worker_module._run_with_backoff(AlwaysOOM(), None, {"batch_size": 2})
+    with pytest.raises(RuntimeError, match="other failure"):
+        worker_module._run_with_backoff(type("P", (), {"run": lambda self, f, **k: (_ for _ in ()).throw(
+            RuntimeError("other failure"))})(), None, {})
