@@ -3,8 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshot.py docs/screenshot.png
 
 Opens the superalloy sample, runs the shipped weights on a 96x96 px region (a rectangle
-in a Shapes layer, as a CPU user would preview), and shows input, bicubic x4 and ETDMS x4
-side by side in grid mode.
+in a Shapes layer, as a CPU user would preview), and shows the ETDMS x4 result overlaid
+exactly on the input inside that rectangle (bicubic and denoised layers listed, hidden).
 """
 
 import sys
@@ -31,16 +31,12 @@ def main(out: str) -> None:
         time.sleep(0.05)
     QApplication.processEvents()
     name = sample.name
-    keep = [name, f"{name} bicubic x4", f"{name} ETDMS x4"]
-    for layer in [lay for lay in viewer.layers if lay.name not in keep]:
-        viewer.layers.remove(layer)  # grid mode gives every layer a cell
+    for layer in viewer.layers:  # show the input with the ETDMS x4 result overlaid in the region
+        layer.visible = layer.name in (name, f"{name} ETDMS x4", "region")
+    viewer.layers.move(viewer.layers.index("region"), len(viewer.layers))
     viewer.layers.selection.active = viewer.layers[f"{name} ETDMS x4"]
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 3)
-    viewer.grid.stride = 1
-    y0, x0 = viewer.layers[f"{name} ETDMS x4"].translate
-    viewer.scene.camera.center = (y0 + 48, x0 + 48)
-    viewer.scene.camera.zoom = 3.0
+    viewer.scene.camera.center = (256, 256)
+    viewer.scene.camera.zoom = 4.5
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)

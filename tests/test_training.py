@@ -113,3 +113,12 @@ def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
     assert set(results.keys()) == {0, 1}
     assert torch.equal(results[0], results[1])  # gradients were averaged across ranks
     assert (tmp_path / "ddp" / "stage1" / "checkpoint.pt").is_file()
+
+
+def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):
+    config = _config(pool)
+    strict = config.model_copy(update={"stage2": config.stage2.model_copy(update={"max_target_noise": 1e-6})})
+    with pytest.raises(ValueError, match="no training frame is below max_target_noise"):
+        StageTrainer(strict, "stage2", tmp_path / "run")
+    loose = config.model_copy(update={"stage2": config.stage2.model_copy(update={"max_target_noise": 0.2})})
+    assert StageTrainer(loose, "stage2", tmp_path / "run").train_frames >= 3

@@ -43,7 +43,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="etdms", description="ETDMS: denoise and 4x super-resolve SEM frames; train and evaluate the models.")
+    parser = _Parser(prog="etdms",
+                     description="ETDMS: denoise and 4x super-resolve SEM frames; train and evaluate the models.")
     parser.add_argument("--version", action="version", version=f"napari-etdms {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -87,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", type=Path, help="a training run's split.json: evaluate its validation frames")
     ev.add_argument("-o", "--output", required=True, type=Path, help="report folder")
     ev.add_argument("--crop", type=int, default=512, help="central crop of each frame, high-res px (0: whole frame)")
-    ev.add_argument("--lpips-weights", type=Path, help="TorchScript LPIPS module (no download is possible here)")
-    ev.add_argument("--fid-weights", type=Path, help="TorchScript feature extractor for a patch FID")
+    ev.add_argument("--lpips-weights", type=Path,
+                    help="LPIPS network as TorchScript (.pt) or torch.export (.pt2), called as f(x, y) on [-1, 1] "
+                    "images; nothing can be downloaded at run time")
+    ev.add_argument("--fid-weights", type=Path,
+                    help="feature extractor (e.g. InceptionV3) as TorchScript (.pt) or torch.export (.pt2): "
+                    "(N, 3, h, w) images in [0, 1] -> (N, D) features")
     _add_run_options(ev)
 
     deg = sub.add_parser("degrade", help="write simulated SEM degradations of clean frames, to look at")

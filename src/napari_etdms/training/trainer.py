@@ -54,6 +54,8 @@ class StageConfig(_Strict):
     checkpoint_every: int = Field(200, gt=0)
     precision: Literal["bfloat16", "float32"] = "bfloat16"
     threads: int | None = None
+    # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
+    max_target_noise: float | None = Field(None, gt=0)
 
 
 class SamplerPreset(_Strict):
@@ -142,6 +144,12 @@ class StageTrainer:
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
         train, val = self._split()
+        if self.settings.max_target_noise is not None:
+            cleaner = [f for f in train if f.noise_sigma <= self.settings.max_target_noise]
+            if not cleaner:
+                raise ValueError(f"{stage}: no training frame is below max_target_noise={self.settings.max_target_noise}")
+            train = cleaner
+        self.train_frames = len(train)
         crop = self.settings.hr_crop
         self.stream = CropStream(train, crop, config.data.seed * 1000 + self.iteration, config.data.degradation)
         self.validation = CropStream(val, crop, config.data.seed, config.data.degradation).fixed_batch(
