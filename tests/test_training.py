@@ -122,3 +122,27 @@ def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):
         StageTrainer(strict, "stage2", tmp_path / "run")
     loose = config.model_copy(update={"stage2": config.stage2.model_copy(update={"max_target_noise": 0.2})})
     assert StageTrainer(loose, "stage2", tmp_path / "run").train_frames >= 3
+
+
+def test_train_command_runs_all_stages_and_exports(pool, tmp_path):
+    from napari_etdms.cli import main
+
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(_config(pool, iterations=2).model_dump_json())
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "-c", str(config_path), "-s", "0", "--run-dir", str(run), "--export", str(out)]) == 0
+    assert {p.name for p in run.iterdir()} >= {"stage1", "stage2", "finetune", "split.json"}
+    entry = resolve(out)
+    assert entry.name == "tiny-run" and set(entry.files) == {"denoiser", "clsr"}
+    # a second call resumes: every stage is complete, nothing is retrained
+    assert main(["train", "-c", str(config_path), "-s", "1", "--run-dir", str(run)]) == 0
+    assert torch.load(run / "stage1" / "checkpoint.pt", weights_only=True)["iteration"] == 2
+
+
+def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
+    from napari_etdms.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "data": {"inputs": []}, "stage1": {"iterashuns": 5}}))
+    assert main(["train", "-c", str(bad)]) == 1
+    assert "unknown key 'stage1.iterashuns'" in capsys.readouterr().err

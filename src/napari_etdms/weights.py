@@ -48,7 +48,7 @@ class WeightsEntry:
 def search_path() -> list[Path]:
     paths = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     package_dir = Path(__file__).resolve().parent
-    paths.append(package_dir / "weights")  # wheel: shipped as package data
+    paths.append(package_dir / "shipped_weights")  # wheel: the checkout's weights/ as package data
     paths.append(package_dir.parents[1] / "weights")  # source checkout / editable install
     return paths
 
