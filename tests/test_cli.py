@@ -4,18 +4,18 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from conftest import sem_like
 
 from napari_etdms.cli import main
 from napari_etdms.io import read_provenance
-
-from conftest import sem_like
 
 QUICK = ["--steps", "2", "--tile", "32", "--overlap", "8"]
 
 
 @pytest.mark.parametrize("command", [[], ["infer"], ["demo"], ["info"], ["train"]])
 def test_help_for_every_command(command):
-    proc = subprocess.run([sys.executable, "-m", "napari_etdms.cli", *command, "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "napari_etdms.cli", *command, "--help"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: etdms" in proc.stdout
 
 

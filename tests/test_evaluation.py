@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import sem_like
 
 from napari_etdms.cli import main
 from napari_etdms.evaluation import METHODS, run_evaluation
 from napari_etdms.metrics import frc_resolution, matched_psnr, matched_ssim, nrmse
-
-from conftest import sem_like
 
 QUICK = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 

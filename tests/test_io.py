@@ -10,7 +10,8 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.parametrize(
-    "name, dtype, pixel_nm", [("fei_bse_uint16_databar.tif", np.uint16, 65.1042), ("fei_lungcells_uint8_databar.tif", np.uint8, 134.896)]
+    "name, dtype, pixel_nm",
+    [("fei_bse_uint16_databar.tif", np.uint16, 65.1042), ("fei_lungcells_uint8_databar.tif", np.uint8, 134.896)],
 )
 def test_fei_databar_is_split_off_and_pixel_size_read(name, dtype, pixel_nm):
     frame = read_frame(DATA / name)

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_etdms.config import PRESETS
 from napari_etdms.models import CLSR, build_clsr, build_denoiser, parameter_count
-
-from conftest import TINY
 
 
 def test_paper_clsr_matches_published_size_and_compute():

@@ -2,11 +2,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import sem_like
 
 from napari_etdms import Cancelled, InputError
 from napari_etdms.pipeline import estimate_memory_bytes, select_device, select_precision
-
-from conftest import sem_like
 
 FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 

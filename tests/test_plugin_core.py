@@ -4,13 +4,12 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import sem_like
 
 from napari_etdms.plugin import worker as worker_module
 from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
 from napari_etdms.plugin.widget import _pyramid
 from napari_etdms.plugin.worker import Job, run_job
-
-from conftest import sem_like
 
 
 def test_x4_geometry_puts_subpixels_inside_their_input_pixel():

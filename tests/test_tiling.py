@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, sem_like
 
 from napari_etdms.tiling import TileGrid, blend_tiles, taper, tile_starts
-
-from conftest import TINY, sem_like
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(64, 64, 16), (65, 64, 16), (300, 64, 16), (1000, 96, 32)])

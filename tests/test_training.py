@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import TINY, sem_like
 
-from napari_etdms.training.data import augment, scene_key, split_frames, FrameInfo
+from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
-
-from conftest import TINY, sem_like
 
 
 def _config(data_dir, iterations=3):

@@ -1,9 +1,8 @@
 import pytest
+from conftest import sem_like
 
 from napari_etdms import Pipeline, WeightsError
 from napari_etdms.weights import available, resolve, sha256_of
-
-from conftest import sem_like
 
 
 def test_round_trip_through_a_weights_folder(tiny_weights):

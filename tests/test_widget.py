@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import sem_like
 
 OUTPUT_NAMES = {"sem denoised", "sem ETDMS x4", "sem bicubic x4", "sem denoised bicubic x4"}
@@ -151,3 +150,17 @@ def test_sample_opens_and_a_region_of_it_runs(make_napari_viewer, tiny_weights, 
     x4 = viewer.layers[f"{sample.name} ETDMS x4"]
     assert x4.data.shape == (4 * 41, 4 * 49)
     assert x4.metadata["region"]["offset_px"] == [200, 200]
+
+
+def test_all_slices_of_a_stack_give_stacked_outputs(setup, qtbot):
+    viewer, widget, _, _ = setup
+    stack = np.stack([sem_like((24, 28), np.uint8, seed=s) for s in range(2)])
+    viewer.add_image(stack, name="stack", scale=(3.0, 2.0, 2.0))
+    widget.image.value = viewer.layers["stack"]
+    widget.slices.value = "all slices"
+    widget.super_resolve.value = False
+    run_and_wait(qtbot, widget)
+    denoised = viewer.layers["stack denoised"]
+    assert denoised.data.shape == (2, 24, 28) and tuple(denoised.scale) == (3.0, 2.0, 2.0)
+    assert viewer.layers["stack bicubic x4"].data.shape == (2, 96, 112)
+    assert "stack ETDMS x4" not in [lay.name for lay in viewer.layers]

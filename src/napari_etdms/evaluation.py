@@ -124,7 +124,8 @@ def crop_grid_figure(path: Path, examples: list[tuple[str, dict[str, np.ndarray]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("degraded", "degraded input"), ("bicubic_input", "bicubic x4"), ("bicubic_denoised", "denoised + bicubic"),
+    columns = [("degraded", "degraded input"), ("bicubic_input", "bicubic x4"),
+               ("bicubic_denoised", "denoised + bicubic"),
                ("super_resolved", "ETDMS x4"), ("ground_truth", "ground truth")]
     fig, axes = plt.subplots(len(examples), len(columns), figsize=(2.6 * len(columns), 2.7 * len(examples)),
                              squeeze=False)

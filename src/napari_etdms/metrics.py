@@ -27,7 +27,9 @@ def ssim(reference, estimate, data_range: float = 2.0) -> float:
     ref = ref.reshape(-1, *ref.shape[-2:])
     est = est.reshape(-1, *est.shape[-2:])
     values = [
-        structural_similarity(r, e, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            r, e, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         for r, e in zip(ref, est)
     ]
     return float(np.mean(values))

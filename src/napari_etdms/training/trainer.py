@@ -147,7 +147,8 @@ class StageTrainer:
         if self.settings.max_target_noise is not None:
             cleaner = [f for f in train if f.noise_sigma <= self.settings.max_target_noise]
             if not cleaner:
-                raise ValueError(f"{stage}: no training frame is below max_target_noise={self.settings.max_target_noise}")
+                limit = self.settings.max_target_noise
+                raise ValueError(f"{stage}: no training frame is below max_target_noise={limit}")
             train = cleaner
         self.train_frames = len(train)
         crop = self.settings.hr_crop
