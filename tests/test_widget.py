@@ -118,7 +118,7 @@ def test_settings_persist_between_sessions(setup, qtbot):
     from napari_etdms.plugin.widget import ETDMSWidget
 
     again = ETDMSWidget(viewer)
-    assert again.seed.value == 42 and again.samples.value == 2 and again.sampler.value == "ddim"
+    assert again.seed.value == 42 and again.samples.value == 2 and again.sampler.value == "ddim"  # persisted
     assert again.steps.value == 2 and again.tile.value == 32
 
 
@@ -164,3 +164,13 @@ def test_all_slices_of_a_stack_give_stacked_outputs(setup, qtbot):
     assert denoised.data.shape == (2, 24, 28) and tuple(denoised.scale) == (3.0, 2.0, 2.0)
     assert viewer.layers["stack bicubic x4"].data.shape == (2, 96, 112)
     assert "stack ETDMS x4" not in [lay.name for lay in viewer.layers]
+
+
+def test_new_widget_uses_the_weights_preset(make_napari_viewer, tiny_weights, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path))
+    from napari_etdms.plugin.widget import ETDMSWidget
+
+    widget = ETDMSWidget(make_napari_viewer())
+    widget.weights.value = "tiny-test"  # its preset: ddim, 4 steps
+    assert widget.sampler.value == "ddim" and widget.steps.value == 4

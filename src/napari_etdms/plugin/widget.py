@@ -110,6 +110,8 @@ class ETDMSWidget(QWidget):
         self.region.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shapes rectangle"))
         self.image.changed.connect(self._image_changed)
         self.sampler.changed.connect(self._sampler_changed)
+        self.weights.changed.connect(self._apply_preset)
+        self._apply_preset(self.weights.value)
         self.run_button.changed.connect(self._run_or_cancel)
         self._image_changed(self.image.value)
 
@@ -138,6 +140,20 @@ class ETDMSWidget(QWidget):
 
     def _image_changed(self, layer):
         self.slices.visible = layer is not None and layer.ndim == 3
+
+    def _apply_preset(self, name):
+        """The weights' measured default sampler and steps (persisted settings override it)."""
+        from ..weights import WeightsError, resolve
+
+        if not name or name == LOCAL_FILE:
+            return
+        try:
+            preset = resolve(name).recommended
+        except WeightsError:
+            return
+        if preset.get("sampler") in SAMPLERS:
+            self.sampler.value = preset["sampler"]
+            self.steps.value = int(preset.get("steps", self.steps.value))
 
     def _sampler_changed(self, name: str):
         from ..config import DiffusionConfig
