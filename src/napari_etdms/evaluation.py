@@ -256,8 +256,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
             learned.setdefault("ground_truth", []).append(images["ground_truth"])
     summary = summarise(reports)
     optional = {
-        "LPIPS": "skipped: no weights (give --lpips-weights, a TorchScript LPIPS module)",
-        "FID": "skipped: no weights (give --fid-weights, a TorchScript feature extractor such as InceptionV3)",
+        "LPIPS": "skipped: no weights (give --lpips-weights: a TorchScript .pt or torch.export .pt2 LPIPS network)",
+        "FID": "skipped: no weights (give --fid-weights: a .pt or .pt2 feature extractor such as InceptionV3)",
     }
     if lpips_weights:
         values = {m: lpips_distance(lpips_weights, learned["ground_truth"], learned[m]) for m in METHODS}
