@@ -28,7 +28,7 @@ import torch
 from napari_etdms.config import model_config
 from napari_etdms.models import build_clsr, build_denoiser
 from napari_etdms.pipeline import Pipeline, select_device, select_precision
-from napari_etdms.tiling import TileGrid, blend_tiles
+from napari_etdms.tiling import TileGrid
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -88,14 +88,9 @@ def frame_parts(pipe: Pipeline, height: int, width: int, tile: int, overlap: int
     cond = pipe._denoise(low, grid, batch, lambda: None)
     stage1 = time.perf_counter() - start
     x = torch.randn(1, 1, 4 * height, 4 * width)
-
-    def predict(x_tiles, c_tiles):
-        steps = torch.full((x_tiles.shape[0],), 500, device=pipe.device)
-        with pipe._autocast():
-            return pipe.clsr(pipe._to_device(x_tiles), pipe._to_device(c_tiles), steps)
-
+    predict_noise = pipe._noise_predictor(cond, grid, batch, lambda: None)
     start = time.perf_counter()
-    blend_tiles(predict, [(x, 4), (cond, 1)], grid, 4, batch)
+    predict_noise(x, 500)
     step = time.perf_counter() - start
     return stage1, step, len(grid.origins)
 

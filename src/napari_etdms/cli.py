@@ -145,11 +145,8 @@ def _infer_files(args, files: list[Path]) -> int:
                 raise ValueError(f"output {clash[0]} would overwrite an input; choose another --output folder")
             bar, update = _progress_bar(path.name)
             try:
-                result = pipeline.run(
-                    frame.data, denoise=not args.no_denoise, super_resolve=not args.no_sr, sampler=args.sampler,
-                    steps=args.steps, eta=args.eta, seed=args.seed, tile=args.tile, overlap=args.overlap,
-                    batch_size=args.batch_size, samples=args.samples, progress=update,
-                )
+                result = pipeline.run(frame.data, super_resolve=not args.no_sr, seed=args.seed, progress=update,
+                                      **_run_options(args))
             finally:
                 bar.close()
             provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
@@ -261,8 +258,8 @@ def cmd_eval(args) -> int:
     bar, update = _progress_bar("eval")
     try:
         run_evaluation(pipeline, files, args.output, args.seed, args.crop or None,
-                                 run_options=_run_options(args), lpips_weights=args.lpips_weights,
-                                 fid_weights=args.fid_weights, progress=lambda d, t, name: update(d, t, name))
+                       run_options=_run_options(args), lpips_weights=args.lpips_weights,
+                       fid_weights=args.fid_weights, progress=update)
     finally:
         bar.close()
     print((args.output / "report.md").read_text())
@@ -281,12 +278,13 @@ def cmd_degrade(args) -> int:
     rng = np.random.default_rng(args.seed)
     for path in files:
         clean = centre_crop(load_normalised(path), args.crop or None).astype(np.float64)
+        provenance = {"source": str(path), "seed": args.seed}
         for k in range(args.count):
             degraded, clean_lr, hr = degrade(clean, rng)
-            for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr), ("clean_hr", hr)):
-                if label != "clean_hr" or k == 0:
-                    name = f"{path.stem}_{label}.tif" if label == "clean_hr" else f"{path.stem}_{k}_{label}.tif"
-                    write_tiff(args.output / name, image, None, {"source": str(path), "seed": args.seed, "draw": k})
+            if k == 0:  # the same clean high-res frame for every draw
+                write_tiff(args.output / f"{path.stem}_clean_hr.tif", hr, None, provenance)
+            for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr)):
+                write_tiff(args.output / f"{path.stem}_{k}_{label}.tif", image, None, provenance | {"draw": k})
         print(f"{path}: {args.count} degradations -> {args.output}")
     return EXIT_OK
 

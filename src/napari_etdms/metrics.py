@@ -73,10 +73,14 @@ def frc_curve(a, b) -> tuple[np.ndarray, np.ndarray]:
     Returns (spatial frequency in cycles/pixel, FRC) for 1-px rings up to Nyquist."""
     a, b = _numpy(a), _numpy(b)
     n = min(a.shape[-2:])
-    crop = lambda x: x[(x.shape[0] - n) // 2 :][:n, (x.shape[1] - n) // 2 :][:, :n]  # noqa: E731
     window = np.outer(np.hanning(n), np.hanning(n))
-    fa = np.fft.fftshift(np.fft.fft2((crop(a) - crop(a).mean()) * window))
-    fb = np.fft.fftshift(np.fft.fft2((crop(b) - crop(b).mean()) * window))
+
+    def spectrum(x):
+        y0, x0 = (x.shape[0] - n) // 2, (x.shape[1] - n) // 2
+        square = x[y0 : y0 + n, x0 : x0 + n]
+        return np.fft.fftshift(np.fft.fft2((square - square.mean()) * window))
+
+    fa, fb = spectrum(a), spectrum(b)
     yy, xx = np.indices((n, n)) - n // 2
     rings = np.round(np.hypot(yy, xx)).astype(int).ravel()
     nyquist = n // 2

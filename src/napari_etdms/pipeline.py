@@ -326,15 +326,21 @@ class Pipeline:
         def project(x0):
             return to_target(project_onto_low_res(from_target(x0, cond, target), cond), cond, target)
 
+        shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
         generator = torch.Generator().manual_seed(seed)
-        x = sampler.initial_noise((1, 1, SCALE * grid.height, SCALE * grid.width), generator)
-        for t in sampler.timesteps:
+        predict_noise = self._noise_predictor(cond, grid, batch_size, tick)
+        x = sampler.sample(predict_noise, shape, generator, project if consistent else None)
+        return from_target(x, cond, target)
 
-            def predict(x_tiles, c_tiles, t=t):
+    def _noise_predictor(self, cond, grid, batch_size, tick):
+        """eps(x_t, t) for the whole frame: every tile predicted, blended with taper weights."""
+
+        def predict_noise(x, t):
+            def predict_tiles(x_tiles, c_tiles):
                 steps_t = torch.full((x_tiles.shape[0],), t, device=self.device)
                 with self._autocast():
                     return self.clsr(self._to_device(x_tiles), self._to_device(c_tiles), steps_t)
 
-            eps = blend_tiles(predict, [(x, SCALE), (cond, 1)], grid, SCALE, batch_size, tick)
-            x = sampler.step(eps, t, x, generator, project if consistent else None)
-        return from_target(x, cond, target)
+            return blend_tiles(predict_tiles, [(x, SCALE), (cond, 1)], grid, SCALE, batch_size, tick)
+
+        return predict_noise

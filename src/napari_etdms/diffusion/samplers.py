@@ -53,6 +53,15 @@ class Sampler:
     def initial_noise(self, shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator) * float(self._scheduler.init_noise_sigma)
 
+    def sample(self, predict_noise, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
+        """Run the whole chain from pure noise: `predict_noise(x_t, t)` gives eps for the state."""
+        x = self.initial_noise(shape, generator)
+        if device is not None:
+            x = x.to(device)
+        for t in self.timesteps:
+            x = self.step(predict_noise(x, t), t, x, generator, x0_hook)
+        return x
+
     def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator, x0_hook=None):
         """One step; `x0_hook` may correct the x0 estimate (e.g. a data-consistency projection)."""
         eps = self._corrected_noise(eps, t, x, x0_hook)

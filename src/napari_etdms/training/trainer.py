@@ -23,7 +23,7 @@ from pydantic import Field
 
 from ..config import ModelConfig, _Strict, load_json
 from ..diffusion import NoiseSchedule, make_sampler
-from ..diffusion.target import from_target, to_target
+from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
@@ -259,15 +259,13 @@ class StageTrainer:
         else:
             cond = self._condition(degraded, clean_lr, torch.Generator().manual_seed(0)).to(self.device)
             sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
-            generator = torch.Generator().manual_seed(0)
-            x = sampler.initial_noise(clean_hr.shape, generator).to(self.device)
-            for t in sampler.timesteps:
-                steps = torch.full((x.shape[0],), t, device=self.device)
+            def predict_noise(x, t):
                 with self._autocast():
-                    eps = model(x, cond, steps).float()
-                x = sampler.step(eps, t, x, generator)
+                    return model(x, cond, torch.full((x.shape[0],), t, device=self.device)).float()
+
+            x = sampler.sample(predict_noise, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
             sr = from_target(x, cond, self.config.model.diffusion.target).cpu().clamp(-1.5, 1.5)
-            bicubic = from_target(torch.zeros_like(x), cond, "residual").cpu()
+            bicubic = upsample_condition(cond).cpu()
             result = {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr)}
             result |= {"psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
         model.train()
