@@ -88,3 +88,36 @@ def test_full_chain_is_seeded_and_shaped():
     degraded, clean_lr, hr = a
     assert degraded.shape == clean_lr.shape == (32, 24) and hr.shape == (128, 96)
     assert np.allclose(clean_lr, d.area_downsample(hr), atol=1e-6)
+
+
+def _geometry_only(mode: str, **changes) -> d.DegradationConfig:
+    """Every intensity effect off, so only sampling geometry (and drift) remains."""
+    settings = dict(
+        p_blur=0.0, p_drift=0.0, p_jitter=0.0, sampling_modes={mode: 1.0}, p_contrast=0.0, p_charging=0.0,
+        electrons=(1e9, 1e9), read_sigma=(0.0, 0.0), row_offset=0.0, p_clip=0.0,
+    )
+    return d.DegradationConfig(**(settings | changes))
+
+
+@pytest.mark.parametrize("mode", ["point", "line"])
+def test_targets_follow_the_sampling_phase(mode):
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(rng(11).random((128, 128)), 3.0)
+    smooth = (smooth - smooth.min()) / np.ptp(smooth)
+    for seed in range(6):  # several random phases
+        degraded, clean_lr, hr = d.degrade(smooth, rng(seed), _geometry_only(mode))
+        # the sample sits at its cell's centre on the target grid: fine px 1.5 of 0..3
+        at_centre = hr.reshape(32, 4, 32, 4)[:, 1:3, :, 1:3].mean(axis=(1, 3))
+        inner = (slice(2, -2), slice(2, -2))
+        assert np.abs(degraded - at_centre)[inner].max() < 0.03
+        assert np.allclose(clean_lr, d.area_downsample(hr), atol=1e-6)
+
+
+def test_targets_keep_the_drift():
+    yy, xx = np.mgrid[0:128, 0:128] / 127.0
+    ramp = (xx + yy) / 2  # a shift in any direction changes the values
+    config = _geometry_only("area", p_drift=1.0, drift_coarse_px=(2.0, 2.0))
+    degraded, clean_lr, hr = d.degrade(ramp, rng(3), config)
+    assert not np.allclose(hr, ramp, atol=1e-3)  # the target moved with the specimen
+    assert np.abs(degraded - clean_lr)[2:-2, 2:-2].max() < 3e-3  # matches the input (8-bit steps)

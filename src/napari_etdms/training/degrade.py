@@ -112,6 +112,21 @@ def area_downsample(image: np.ndarray) -> np.ndarray:
     return undersample(image, "area")
 
 
+def centre_on_samples(image: np.ndarray, mode: str, phase: tuple[int, int]) -> np.ndarray:
+    """Shift the fine grid so that each point (or line) sample sits at its cell's centre.
+
+    An instrument's pixel is where its beam dwelt; the high-res grid is defined around that
+    point. Without this, a random sampling phase is an unknowable +-1.5 fine px shift
+    between input and target.
+    """
+    if mode == "area":
+        return image
+    centre = (SCALE - 1) / 2
+    dy = centre - phase[0]
+    dx = centre - phase[1] if mode == "point" else 0.0
+    return ndimage.shift(image, (dy, dx), order=3, mode="reflect")
+
+
 def contrast(image: np.ndarray, gain: float, offset: float, gamma: float, shading: np.ndarray | None = None):
     out = np.clip(image, 0.0, None) ** gamma * gain + offset
     return out * shading if shading is not None else out
@@ -172,17 +187,18 @@ def degrade(
     """Return (degraded low-res, clean low-res, clean high-res); sides are cropped to x4."""
     h, w = clean_hr.shape
     hr = np.asarray(clean_hr[: h - h % SCALE, : w - w % SCALE], dtype=np.float64)
-    clean_lr = area_downsample(hr)
+    # Drift moves the specimen itself during the scan and one frame cannot reveal it, so the
+    # targets keep it: targets that undo unknowable shifts teach the models to blur.
+    if rng.random() < config.p_drift:
+        magnitude = SCALE * _uniform(rng, config.drift_coarse_px)
+        angle = rng.uniform(0, 2 * np.pi)
+        hr = drift(hr, magnitude * np.cos(angle), magnitude * np.sin(angle))
     x = hr
     if rng.random() < config.p_blur:
         if rng.random() < config.p_defocus:
             x = probe_blur(x, config.defocus_sigma)
         else:
             x = probe_blur(x, _uniform(rng, config.blur_sigma), _uniform(rng, config.blur_ratio), rng.uniform(0, np.pi))
-    if rng.random() < config.p_drift:
-        magnitude = SCALE * _uniform(rng, config.drift_coarse_px)
-        angle = rng.uniform(0, 2 * np.pi)
-        x = drift(x, magnitude * np.cos(angle), magnitude * np.sin(angle))
     if rng.random() < config.p_jitter:
         coarse = jitter_shifts(
             x.shape[0] // SCALE,
@@ -193,8 +209,11 @@ def degrade(
         )
         x = shift_rows(x, SCALE * np.repeat(coarse, SCALE))
     modes, weights = zip(*config.sampling_modes.items())
-    mode = rng.choice(modes, p=np.asarray(weights) / np.sum(weights))
-    x = undersample(x, mode, (int(rng.integers(0, SCALE)), int(rng.integers(0, SCALE))))
+    mode = str(rng.choice(modes, p=np.asarray(weights) / np.sum(weights)))
+    phase = (int(rng.integers(0, SCALE)), int(rng.integers(0, SCALE)))
+    x = undersample(x, mode, phase)
+    hr = centre_on_samples(hr, mode, phase)
+    clean_lr = area_downsample(hr)
     if rng.random() < config.p_contrast:
         x = contrast(
             x,
