@@ -6,7 +6,7 @@ from napari_etdms.diffusion import NoiseSchedule, make_sampler
 
 
 @pytest.mark.parametrize(
-    "name, steps", [("ddpm", None), ("ddim", 200), ("ddim", 12), ("dpmpp", 20), ("dpmpp", 10)]
+    "name, steps", [("ddpm", None), ("ddim", 200), ("ddim", 12), ("dpmpp", 20), ("dpmpp", 10), ("dpmpp-sde", 10)]
 )
 def test_oracle_noise_recovers_x0(name, steps):
     config = DiffusionConfig()
@@ -22,19 +22,21 @@ def test_oracle_noise_recovers_x0(name, steps):
     assert torch.allclose(x, x0, atol=1e-4)
 
 
-def test_ddim_eta_makes_it_stochastic_and_seeded():
+@pytest.mark.parametrize("name, eta, stochastic", [("ddim", 1.0, True), ("dpmpp-sde", 0.0, True),
+                                                 ("ddim", 0.0, False), ("dpmpp", 0.0, False)])
+def test_stochastic_samplers_draw_seeded_noise_at_every_step(name, eta, stochastic):
     config = DiffusionConfig(num_train_timesteps=100)
+    start = torch.randn((1, 1, 4, 4), generator=torch.Generator().manual_seed(5))
 
-    def run(seed, eta):
-        sampler = make_sampler("ddim", config, 10, eta=eta)
-        g = torch.Generator().manual_seed(seed)
-        x = sampler.initial_noise((1, 1, 4, 4), g)
+    def run(step_seed):  # same start, only the per-step generator differs
+        sampler = make_sampler(name, config, 10, eta=eta)
+        g, x = torch.Generator().manual_seed(step_seed), start.clone()
         for t in sampler.timesteps:
             x = sampler.step(0.5 * x, t, x, g)
         return x
 
-    assert torch.equal(run(0, 1.0), run(0, 1.0))
-    assert not torch.equal(run(0, 1.0), run(1, 1.0))
+    assert torch.equal(run(0), run(0))
+    assert torch.equal(run(0), run(1)) != stochastic
 
 
 def test_training_loss_is_zero_for_an_oracle():

@@ -159,7 +159,7 @@ class ETDMSWidget(QWidget):
         from ..config import DiffusionConfig
         from ..diffusion import default_steps
 
-        self.steps.value = 20 if name == "dpmpp" else default_steps(name, DiffusionConfig())
+        self.steps.value = default_steps(name, DiffusionConfig())
 
     # ---- settings ----------------------------------------------------------------------
     @staticmethod

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from pydantic import Field
 
 from ..config import ModelConfig, _Strict, load_json
-from ..diffusion import NoiseSchedule, make_sampler
+from ..diffusion import SAMPLERS, NoiseSchedule, make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
@@ -59,7 +59,7 @@ class StageConfig(_Strict):
 
 
 class SamplerPreset(_Strict):
-    sampler: Literal["dpmpp", "ddim", "ddpm"] = "dpmpp"
+    sampler: Literal[SAMPLERS] = "dpmpp"
     steps: int = Field(20, gt=0)
 
 
