@@ -145,3 +145,19 @@ def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
     bad.write_text(json.dumps({"name": "x", "data": {"inputs": []}, "stage1": {"iterashuns": 5}}))
     assert main(["train", "-c", str(bad)]) == 1
     assert "unknown key 'stage1.iterashuns'" in capsys.readouterr().err
+
+
+def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
+    from napari_etdms.diffusion.target import upsample_condition
+
+    config = _config(pool)
+    residual = config.model.diffusion.model_copy(update={"target": "residual"})
+    config = config.model_copy(update={"model": config.model.model_copy(update={"diffusion": residual})})
+    trainer = StageTrainer(config, "stage2", tmp_path / "run")
+    seen = []
+    trainer.schedule.training_loss = lambda predict, x0: seen.append(x0) or x0.abs().mean()
+    degraded, clean_lr, clean_hr = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
+    for _ in range(2):  # the condition gets fresh noise each time; the target must not follow it
+        trainer.loss((degraded, clean_lr, clean_hr))
+    assert torch.equal(seen[0], seen[1])
+    assert torch.allclose(seen[0], clean_hr - upsample_condition(clean_lr), atol=1e-6)

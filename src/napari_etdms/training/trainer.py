@@ -244,7 +244,10 @@ class StageTrainer:
             if self.stage == "stage1":
                 return torch.nn.functional.l1_loss(self.model(degraded).float(), clean_lr)
             cond = self._condition(degraded, clean_lr)
-            x0 = to_target(clean_hr, cond, self.config.model.diffusion.target)
+            # The residual is the true detail over the clean low-res frame, not over the
+            # imperfect condition: the condition's own errors are not learnable from it, and at
+            # inference the data-consistency projection pins the low frequencies to it anyway.
+            x0 = to_target(clean_hr, clean_lr, self.config.model.diffusion.target)
             return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0)
 
     @torch.no_grad()
