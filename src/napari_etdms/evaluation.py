@@ -33,6 +33,7 @@ class FrameReport:
     name: str
     metrics: dict[str, dict[str, float]]  # method -> metric -> value
     extra: dict[str, float] = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # the pipeline's provenance for this frame
 
 
 def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:
@@ -72,7 +73,7 @@ def evaluate_frame(pipeline, clean_hr: np.ndarray, name: str, seed: int, degrada
     }
     if result.std is not None:
         extra["seed_std_mean"] = float(np.mean(result.std) / max(np.ptp(result.super_resolved), 1e-12))
-    return FrameReport(name, metrics, extra), images
+    return FrameReport(name, metrics, extra, result.metadata), images
 
 
 def summarise(reports: list[FrameReport]) -> dict[str, dict[str, float]]:
@@ -266,7 +267,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
         values = {m: patch_fid(fid_weights, learned["ground_truth"], learned[m]) for m in METHODS}
         optional["FID"] = ", ".join(f"{METHODS[m]} {v[0]:.2f}" for m, v in values.items()) + (
             f" (lower is better; {values['super_resolved'][1]} patches of 64 px per set)")
-    settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options,
+    resolved = {key: reports[0].run.get(key) for key in ("sampler", "steps", "eta")} if reports else {}
+    settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options, **resolved,
                 "weights": pipeline.weights_provenance.get("name")}
     write_reports(out_dir, reports, summary, settings, optional)
     crop_grid_figure(out_dir / "crops.png", examples)

@@ -1,0 +1,69 @@
+"""Quality against time for the samplers of trained weights: how the default preset is chosen.
+
+Degrades held-out frames with the shipped degradation settings (fixed seeds), runs the
+pipeline once per sampler setting and prints mean PSNR / SSIM / FRC of the x4 output next
+to the two baselines, with the wall time per frame on this machine.
+
+    python benchmarks/sampler_sweep.py --split training-runs/etdms-sem-lite-v1/split.json \
+        [--weights etdms-sem-lite-v1] [--frames 6] [--crop 256] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
+from napari_etdms.pipeline import Pipeline
+from napari_etdms.training.data import load_normalised
+from napari_etdms.training.degrade import DegradationConfig
+
+SETTINGS = {
+    "DPM-Solver++(2M) SDE, 10 steps": {"sampler": "dpmpp-sde", "steps": 10},
+    "DPM-Solver++(2M) SDE, 20 steps": {"sampler": "dpmpp-sde", "steps": 20},
+    "DPM-Solver++(2M) ODE, 10 steps": {"sampler": "dpmpp", "steps": 10},
+    "DPM-Solver++(2M) ODE, 20 steps": {"sampler": "dpmpp", "steps": 20},
+    "DDIM eta 1, 50 steps": {"sampler": "ddim", "steps": 50, "eta": 1.0},
+    "DDIM eta 0 (paper Ts=200)": {"sampler": "ddim", "steps": 200},
+    "DDPM ancestral, 100 steps": {"sampler": "ddpm", "steps": 100},
+    "DPM-Solver++(2M) SDE, 10 steps, mean of 4": {"sampler": "dpmpp-sde", "steps": 10, "samples": 4},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", type=Path, required=True, help="a training run's split.json")
+    parser.add_argument("--weights", default=None, help="registry name or weights.json (default: shipped)")
+    parser.add_argument("--frames", type=int, default=6, help="every other validation frame, this many")
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = json.loads(args.split.read_text())["validation"]
+    frames = [Path(row["path"]) for row in rows][::2][: args.frames]
+    clean = [centre_crop(load_normalised(path), args.crop).astype(np.float64) for path in frames]
+    pipeline = Pipeline.from_pretrained(args.weights)
+    print(f"weights {pipeline.weights_provenance.get('name')}, {len(frames)} frames, {args.crop} px crops, "
+          f"{args.threads} threads")
+    print("| setting | PSNR (dB) | SSIM | FRC (HR px) | s / frame |\n|---|---|---|---|---|")
+    for label, options in SETTINGS.items():
+        started = time.perf_counter()
+        reports = [evaluate_frame(pipeline, image, path.stem, i, DegradationConfig(), options)[0]
+                   for i, (path, image) in enumerate(zip(frames, clean))]
+        seconds = (time.perf_counter() - started) / len(frames)
+        summary = summarise(reports)
+        sr = summary["super_resolved"]
+        print(f"| {label} | {sr['psnr']:.2f} | {sr['ssim']:.3f} | {sr['frc_px']:.2f} | {seconds:.1f} |", flush=True)
+    for method, label in (("bicubic_denoised", "stage 1 + bicubic"), ("bicubic_input", "bicubic of degraded")):
+        ref = summary[method]
+        print(f"| {label} (reference) | {ref['psnr']:.2f} | {ref['ssim']:.3f} | {ref['frc_px']:.2f} | - |")
+
+
+if __name__ == "__main__":
+    main()
