@@ -161,3 +161,12 @@ def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
         trainer.loss((degraded, clean_lr, clean_hr))
     assert torch.equal(seen[0], seen[1])
     assert torch.allclose(seen[0], clean_hr - upsample_condition(clean_lr), atol=1e-6)
+
+
+def test_resuming_takes_the_learning_rate_from_the_config(pool, tmp_path):
+    config = _config(pool, iterations=2)
+    StageTrainer(config, "stage1", tmp_path / "run").train(show_progress=False)
+    gentler = config.model_copy(update={"stage1": config.stage1.model_copy(update={"learning_rate": 1e-5})})
+    resumed = StageTrainer(gentler, "stage1", tmp_path / "run")
+    assert resumed.iteration == 2
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [1e-5]

@@ -169,6 +169,8 @@ class StageTrainer:
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config decides: lower it to continue gently
+            group["lr"] = self.settings.learning_rate
         self.iteration = int(state["iteration"])
         return True
 
