@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_etdms.config import ModelConfig
@@ -7,6 +8,7 @@ from napari_etdms.diffusion import NoiseSchedule
 from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.models import build_clsr, build_denoiser
 from napari_etdms.pipeline import Pipeline
+from napari_etdms.training.trainer import TrainConfig
 from napari_etdms.weights import write_entry
 
 TINY = ModelConfig.model_validate(
@@ -68,3 +70,26 @@ def sem_like(shape=(96, 80), dtype=np.uint16, seed=0):
     if np.dtype(dtype).kind == "f":
         return field.astype(dtype)
     return (field * np.iinfo(dtype).max).astype(dtype)
+
+
+def tiny_train_config(data_dir, iterations=3):
+    """A training config of the tiny models on a folder of frames, fast enough for tests."""
+    stage = {"iterations": iterations, "batch_size": 2, "hr_crop": 64, "validate_every": 2, "validation_crops": 2,
+             "validation_steps": 2, "checkpoint_every": 1, "precision": "float32"}
+    return TrainConfig.model_validate({
+        "name": "tiny-run", "model": TINY.model_dump(mode="json"),
+        "data": {"inputs": [str(data_dir)], "max_target_noise": 0.2, "validation_fraction": 0.3},
+        "stage1": stage, "stage2": stage, "finetune": stage,
+    })
+
+
+@pytest.fixture
+def pool(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(4):
+        tifffile.imwrite(folder / f"scene{i}_detectorA.tif", sem_like((96, 96), np.uint8, seed=i))
+    tifffile.imwrite(folder / "scene0_detectorB.tif", sem_like((96, 96), np.uint8, seed=9))
+    noisy = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
+    tifffile.imwrite(folder / "pure_noise.tif", noisy)
+    return folder

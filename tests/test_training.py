@@ -4,35 +4,12 @@ import socket
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from conftest import TINY, sem_like
+from conftest import tiny_train_config
 
 from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
-
-
-def _config(data_dir, iterations=3):
-    stage = {"iterations": iterations, "batch_size": 2, "hr_crop": 64, "validate_every": 2, "validation_crops": 2,
-             "validation_steps": 2, "checkpoint_every": 1, "precision": "float32"}
-    return TrainConfig.model_validate({
-        "name": "tiny-run", "model": TINY.model_dump(mode="json"),
-        "data": {"inputs": [str(data_dir)], "max_target_noise": 0.2, "validation_fraction": 0.3},
-        "stage1": stage, "stage2": stage, "finetune": stage,
-    })
-
-
-@pytest.fixture
-def pool(tmp_path):
-    folder = tmp_path / "pool"
-    folder.mkdir()
-    for i in range(4):
-        tifffile.imwrite(folder / f"scene{i}_detectorA.tif", sem_like((96, 96), np.uint8, seed=i))
-    tifffile.imwrite(folder / "scene0_detectorB.tif", sem_like((96, 96), np.uint8, seed=9))
-    noisy = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
-    tifffile.imwrite(folder / "pure_noise.tif", noisy)
-    return folder
 
 
 def test_scene_grouping_keeps_detectors_and_repeats_together():
@@ -54,7 +31,7 @@ def test_augmentation_is_joint():
 
 
 def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
-    config = _config(pool)
+    config = tiny_train_config(pool)
     run = tmp_path / "run"
     trainer = StageTrainer(config, "stage1", run)
     assert trainer.train(show_progress=False) == 3
@@ -65,7 +42,7 @@ def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
     log = [json.loads(line) for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
     assert any("validation" in rec for rec in log)
 
-    more = _config(pool, iterations=5)
+    more = tiny_train_config(pool, iterations=5)
     resumed = StageTrainer(more, "stage1", run)
     assert resumed.iteration == 3  # picked up the checkpoint
     assert resumed.train(show_progress=False) == 5
@@ -76,7 +53,7 @@ def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
 
 
 def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
-    trainer = StageTrainer(_config(pool, iterations=1000), "stage2", tmp_path / "run")
+    trainer = StageTrainer(tiny_train_config(pool, iterations=1000), "stage2", tmp_path / "run")
     reached = trainer.train(max_minutes=0.02, show_progress=False)
     assert 0 < reached < 1000
     state = torch.load(trainer.checkpoint_path, weights_only=True)
@@ -86,7 +63,7 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
 
 def test_finetune_needs_stage1(pool, tmp_path):
     with pytest.raises(FileNotFoundError, match="stage 1 must be trained"):
-        StageTrainer(_config(pool), "finetune", tmp_path / "empty")
+        StageTrainer(tiny_train_config(pool), "finetune", tmp_path / "empty")
 
 
 def _ddp_worker(rank, world, port, config_json, run_dir, results):
@@ -106,7 +83,7 @@ def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
         port = s.getsockname()[1]
     manager = torch.multiprocessing.Manager()
     results = manager.dict()
-    config = _config(pool, iterations=2)
+    config = tiny_train_config(pool, iterations=2)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, config.model_dump_json(), tmp_path / "ddp", results),
                                 nprocs=2, join=True)
     assert set(results.keys()) == {0, 1}
@@ -115,7 +92,7 @@ def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
 
 
 def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):
-    config = _config(pool)
+    config = tiny_train_config(pool)
     strict = config.model_copy(update={"stage2": config.stage2.model_copy(update={"max_target_noise": 1e-6})})
     with pytest.raises(ValueError, match="no training frame is below max_target_noise"):
         StageTrainer(strict, "stage2", tmp_path / "run")
@@ -127,7 +104,7 @@ def test_train_command_runs_all_stages_and_exports(pool, tmp_path):
     from napari_etdms.cli import main
 
     config_path = tmp_path / "tiny.json"
-    config_path.write_text(_config(pool, iterations=2).model_dump_json())
+    config_path.write_text(tiny_train_config(pool, iterations=2).model_dump_json())
     run, out = tmp_path / "run", tmp_path / "exported"
     assert main(["train", "-c", str(config_path), "-s", "0", "--run-dir", str(run), "--export", str(out)]) == 0
     assert {p.name for p in run.iterdir()} >= {"stage1", "stage2", "finetune", "split.json"}
@@ -150,7 +127,7 @@ def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
 def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
     from napari_etdms.diffusion.target import upsample_condition
 
-    config = _config(pool)
+    config = tiny_train_config(pool)
     residual = config.model.diffusion.model_copy(update={"target": "residual"})
     config = config.model_copy(update={"model": config.model.model_copy(update={"diffusion": residual})})
     trainer = StageTrainer(config, "stage2", tmp_path / "run")
@@ -164,7 +141,7 @@ def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
 
 
 def test_resuming_takes_the_learning_rate_from_the_config(pool, tmp_path):
-    config = _config(pool, iterations=2)
+    config = tiny_train_config(pool, iterations=2)
     StageTrainer(config, "stage1", tmp_path / "run").train(show_progress=False)
     gentler = config.model_copy(update={"stage1": config.stage1.model_copy(update={"learning_rate": 1e-5})})
     resumed = StageTrainer(gentler, "stage1", tmp_path / "run")

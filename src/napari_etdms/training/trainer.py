@@ -54,6 +54,7 @@ class StageConfig(_Strict):
     checkpoint_every: int = Field(200, gt=0)
     precision: Literal["bfloat16", "float32"] = "bfloat16"
     threads: int | None = None
+    workers: int = Field(0, ge=0)  # data-loading processes (crops are degraded on the CPU)
     # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
     max_target_noise: float | None = Field(None, gt=0)
 
@@ -128,6 +129,8 @@ class StageTrainer:
         self.dir = self.run_dir / stage
         self.dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.schedule = NoiseSchedule(config.model.diffusion)
@@ -238,10 +241,11 @@ class StageTrainer:
                 return self.conditioner(degraded).float()
         sigma = self.settings.condition_noise * 2.0  # [0, 1] units -> [-1, 1] units
         strength = torch.rand(clean_lr.shape[0], 1, 1, 1, generator=generator) * sigma
-        return clean_lr + strength * torch.randn(clean_lr.shape, generator=generator)
+        noise = strength * torch.randn(clean_lr.shape, generator=generator)  # a CPU generator: same on any device
+        return clean_lr + noise.to(clean_lr.device)
 
     def loss(self, batch) -> torch.Tensor:
-        degraded, clean_lr, clean_hr = (t.to(self.device) for t in batch)
+        degraded, clean_lr, clean_hr = (t.to(self.device, non_blocking=True) for t in batch)
         with self._autocast():
             if self.stage == "stage1":
                 return torch.nn.functional.l1_loss(self.model(degraded).float(), clean_lr)
@@ -262,7 +266,8 @@ class StageTrainer:
             result = {"psnr": psnr(clean_lr, restored), "ssim": ssim(clean_lr, restored)}
             result |= {"psnr_input": psnr(clean_lr, degraded), "ssim_input": ssim(clean_lr, degraded)}
         else:
-            cond = self._condition(degraded, clean_lr, torch.Generator().manual_seed(0)).to(self.device)
+            on_device = (t.to(self.device) for t in (degraded, clean_lr))
+            cond = self._condition(*on_device, torch.Generator().manual_seed(0))
             sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
             def predict_noise(x, t):
                 with self._autocast():
@@ -287,7 +292,10 @@ class StageTrainer:
 
         total = self.settings.iterations
         deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-        loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=0))
+        workers = self.settings.workers
+        loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=workers,
+                                                  persistent_workers=workers > 0,
+                                                  pin_memory=self.device.type == "cuda"))
         bar = tqdm(total=total, initial=self.iteration, desc=self.stage, disable=not show_progress or _rank() != 0)
         losses: list[float] = []
         started = time.monotonic()
