@@ -18,6 +18,7 @@ def test_auto_device_is_cuda_with_a_half_precision():
     device = select_device("auto")
     assert device.type == "cuda"
     assert select_precision(device) in ("bfloat16", "float16")
+    assert Pipeline.from_pretrained(device="cuda").auto_batch_size == 8
 
 
 def test_shipped_weights_on_cuda_agree_with_cpu():

@@ -134,6 +134,18 @@ def test_provenance_metadata(tiny_pipeline):
     assert set(meta["timings"]) == {"denoise_s", "super_resolve_s"}
 
 
+def test_tile_batch_defaults_to_the_device_s_fastest_and_is_recorded(tiny_pipeline):
+    frame = sem_like((64, 64))
+    assert tiny_pipeline.auto_batch_size == 1  # CPU
+    assert tiny_pipeline.run(frame, **FAST).metadata["tiling"]["batch_size"] == 1
+    tiny_pipeline.auto_batch_size = 4
+    auto = tiny_pipeline.run(frame, **FAST)
+    assert auto.metadata["tiling"]["batch_size"] == 4
+    explicit = tiny_pipeline.run(frame, batch_size=1, **FAST)
+    assert explicit.metadata["tiling"]["batch_size"] == 1
+    assert np.allclose(auto.super_resolved, explicit.super_resolved, atol=1e-4 * np.ptp(frame))
+
+
 def test_huge_frames_are_refused_before_allocating(tiny_pipeline, monkeypatch):
     import napari_etdms.pipeline as pipeline_module
 

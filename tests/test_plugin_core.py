@@ -68,6 +68,8 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
     calls = []
 
     class FakePipeline:
+        auto_batch_size = 8
+
         def run(self, frame, batch_size, **kwargs):
             calls.append(batch_size)
             if batch_size > 2:
@@ -76,6 +78,9 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
 
     assert worker_module._run_with_backoff(FakePipeline(), None, {"batch_size": 8}) == "ok"
     assert calls == [8, 4, 2]
+    calls.clear()
+    assert worker_module._run_with_backoff(FakePipeline(), None, {"batch_size": 0}) == "ok"  # 0: auto
+    assert calls == [8, 4, 2]
 
     class AlwaysOOM(FakePipeline):
         def run(self, frame, batch_size, **kwargs):
@@ -83,6 +88,9 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
 
     with pytest.raises(MemoryError, match="smaller region or tile"):
         worker_module._run_with_backoff(AlwaysOOM(), None, {"batch_size": 2})
+    class OtherFailure(FakePipeline):
+        def run(self, frame, batch_size, **kwargs):
+            raise RuntimeError("other failure")
+
     with pytest.raises(RuntimeError, match="other failure"):
-        worker_module._run_with_backoff(type("P", (), {"run": lambda self, f, **k: (_ for _ in ()).throw(
-            RuntimeError("other failure"))})(), None, {})
+        worker_module._run_with_backoff(OtherFailure(), None, {})

@@ -140,6 +140,9 @@ class Pipeline:
         self.weights = weights
         # channels_last pairs with autocast for the conv-heavy CLSR (measured 2.35x on CPU).
         memory_format = torch.channels_last if self.precision != "float32" else torch.contiguous_format
+        # Tiles per network call when not given: on the 2-core CPU measured here one tile at a
+        # time was fastest; on an H200 8 tiles per call ran 3.6-6.7x more tiles/s than 1.
+        self.auto_batch_size = 1 if self.device.type == "cpu" else 8
         self.denoiser = denoiser.to(self.device).eval() if denoiser is not None else None
         self.clsr = clsr.to(self.device, memory_format=memory_format).eval() if clsr is not None else None
         self.memory_format = memory_format
@@ -193,7 +196,7 @@ class Pipeline:
         seed: int = 0,
         tile: int = 64,
         overlap: int = 16,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         samples: int = 1,
         data_consistency: bool = True,
         progress: ProgressCallback | None = None,
@@ -206,6 +209,7 @@ class Pipeline:
         was measured at the input's resolution.
         """
         frame = prepare_frame(image)
+        batch_size = self.auto_batch_size if batch_size is None else batch_size
         sampler = sampler or self.recommended["sampler"]
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")

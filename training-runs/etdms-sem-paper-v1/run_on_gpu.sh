@@ -59,9 +59,9 @@ torch.save(half, "/tmp/weights.half.pt")
 PY
 split -b 15M -d /tmp/weights.half.pt "$OUT/weights.half.pt.part"
 
-timeout 75 etdms eval --split "$RUN/split.json" --crop 512 -w /tmp/paper-weights --device "$DEVICE" -o "$LOGS/eval-paper" > "$LOGS/eval-paper.txt" 2>&1
-timeout 45 etdms eval --split "$RUN/split.json" --crop 512 --device "$DEVICE" -o "$LOGS/eval-lite" > "$LOGS/eval-lite.txt" 2>&1
+timeout 75 python3 -m napari_etdms.cli eval --split "$RUN/split.json" --crop 512 -w /tmp/paper-weights --device "$DEVICE" -o "$LOGS/eval-paper" > "$LOGS/eval-paper.txt" 2>&1
+timeout 45 python3 -m napari_etdms.cli eval --split "$RUN/split.json" --crop 512 --device "$DEVICE" -o "$LOGS/eval-lite" > "$LOGS/eval-lite.txt" 2>&1
 [ "$DEVICE" = cuda ] && timeout 60 python3 benchmarks/bench_pipeline.py --device cuda --repeats 2 > "$LOGS/bench.txt" 2>&1
-for stage in stage1 stage2 finetune; do cp "$RUN/$stage/log.jsonl" "$LOGS/$stage.jsonl"; done
+for stage in stage1 stage2 finetune; do cp "$RUN/$stage/log.jsonl" "$LOGS/$stage.jsonl" 2>/dev/null; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 ls -la "$OUT"

@@ -48,7 +48,7 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 def _run_with_backoff(pipeline: Pipeline, frame: np.ndarray, options: dict, **kwargs) -> Result:
     """On GPU out-of-memory, retry with half the tile batch before giving up."""
-    batch = int(options.get("batch_size", 1))
+    batch = options.get("batch_size") or pipeline.auto_batch_size
     while True:
         try:
             return pipeline.run(frame, **{**options, "batch_size": batch}, **kwargs)
