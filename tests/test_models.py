@@ -61,3 +61,28 @@ def test_clsr_shares_encoder_weights_between_branches():
     assert sum(n in ("conv_in", "enc0", "enc1") for n in names) == 3
     assert {"fuse0", "fuse1", "attn.0", "attn.1"} <= set(names)
     assert isinstance(model, CLSR)
+
+
+def _deeper(groups: int, embed_dim: int = 8):
+    swinir = {"embed_dim": embed_dim, "depths": [1] * groups, "num_heads": [2] * groups}
+    return build_denoiser(TINY.model_copy(update={"swinir": TINY.swinir.model_validate(swinir)}))
+
+
+def test_a_denoiser_grows_deeper_computing_the_same_then_learns():
+    torch.manual_seed(0)
+    small, grown = build_denoiser(TINY), _deeper(3)
+    for p in small.parameters():  # a "trained" network: nothing at its init values
+        p.data.add_(0.05 * torch.randn_like(p))
+    grown.grow_from(small.state_dict())
+    x = torch.randn(2, 1, 24, 24)
+    assert parameter_count(grown) > parameter_count(small)
+    assert torch.allclose(grown(x), small(x), atol=1e-6)
+    grown(x).square().mean().backward()  # the new groups learn: their closing conv gets a gradient
+    assert grown.groups[2].conv.weight.grad.abs().sum() > 0
+
+
+def test_growing_refuses_another_width():
+    with pytest.raises(ValueError, match="only the number of groups may grow"):
+        _deeper(2, embed_dim=16).grow_from(build_denoiser(TINY).state_dict())
+    with pytest.raises(ValueError, match="no place in this network"):
+        build_denoiser(TINY).grow_from(_deeper(2).state_dict())

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_train_config
 
+from napari_etdms.models import build_denoiser
 from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
@@ -147,3 +148,23 @@ def test_resuming_takes_the_learning_rate_from_the_config(pool, tmp_path):
     resumed = StageTrainer(gentler, "stage1", tmp_path / "run")
     assert resumed.iteration == 2
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [1e-5]
+
+
+def test_stage1_can_grow_from_a_shallower_trained_denoiser(pool, tmp_path):
+    config = tiny_train_config(pool, iterations=2)
+    StageTrainer(config, "stage1", tmp_path / "shallow", "cpu").train(show_progress=False)
+    source = tmp_path / "shallow" / "stage1" / "checkpoint.pt"
+    swinir = config.model.swinir.model_copy(update={"depths": (1, 1), "num_heads": (2, 2)})
+    deeper = config.model_copy(update={
+        "model": config.model.model_copy(update={"swinir": swinir}),
+        "stage1": config.stage1.model_copy(update={"grow_from": str(source)}),
+    })
+    grown = StageTrainer(deeper, "stage1", tmp_path / "deep", "cpu")
+    shallow = build_denoiser(config.model)
+    shallow.load_state_dict(torch.load(source, weights_only=True)["ema"]["module"])
+    x = torch.randn(1, 1, 16, 16)
+    assert len(grown.net.groups) == 2
+    assert torch.allclose(grown.net(x), shallow(x), atol=1e-6)
+    assert grown.train(show_progress=False) == 2
+    with pytest.raises(ValueError, match="stage 1"):
+        StageTrainer(deeper.model_copy(update={"stage2": deeper.stage1}), "stage2", tmp_path / "x", "cpu")

@@ -149,6 +149,27 @@ class SwinIRDenoiser(nn.Module):
         self.conv_after_body = nn.Conv2d(dim, dim, 3, padding=1)
         self.conv_last = nn.Conv2d(dim, 1, 3, padding=1)
 
+    @torch.no_grad()
+    def grow_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a trained denoiser of the same width with fewer residual groups.
+
+        Its weights are copied; each extra group starts with a zero closing conv, so it is
+        an identity and the grown network computes exactly what the trained one did, then
+        learns with more capacity (cheaper than training the deeper network from scratch).
+        """
+        own = self.state_dict()
+        for name, value in state.items():
+            if name not in own:
+                raise ValueError(f"cannot grow from these weights: '{name}' has no place in this network")
+            if own[name].shape != value.shape:
+                raise ValueError(f"cannot grow from these weights: '{name}' is {tuple(value.shape)}, "
+                                 f"here {tuple(own[name].shape)} (only the number of groups may grow)")
+        self.load_state_dict(state, strict=False)
+        source_groups = {int(name.split(".")[1]) for name in state if name.startswith("groups.")}
+        for index in range(len(source_groups), len(self.groups)):
+            self.groups[index].conv.weight.zero_()
+            self.groups[index].conv.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % self.window, (-w) % self.window

@@ -57,6 +57,8 @@ class StageConfig(_Strict):
     workers: int = Field(0, ge=0)  # data-loading processes (crops are degraded on the CPU)
     # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
     max_target_noise: float | None = Field(None, gt=0)
+    # stage 1 only: start from this checkpoint of a denoiser with fewer groups (same width)
+    grow_from: str | None = None
 
 
 class SamplerPreset(_Strict):
@@ -77,8 +79,11 @@ class TrainConfig(_Strict):
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     config = load_json(path, TrainConfig)
     base = Path(path).resolve().parent
-    inputs = [str(p if Path(p).is_absolute() else (base / p).resolve()) for p in config.data.inputs]
-    return config.model_copy(update={"data": config.data.model_copy(update={"inputs": inputs})})
+    beside_config = lambda p: str(p if Path(p).is_absolute() else (base / p).resolve())  # noqa: E731
+    update = {"data": config.data.model_copy(update={"inputs": [beside_config(p) for p in config.data.inputs]})}
+    if config.stage1.grow_from:
+        update["stage1"] = config.stage1.model_copy(update={"grow_from": beside_config(config.stage1.grow_from)})
+    return config.model_copy(update=update)
 
 
 class EMA:
@@ -135,6 +140,11 @@ class StageTrainer:
             torch.set_num_threads(self.settings.threads)
         self.schedule = NoiseSchedule(config.model.diffusion)
         self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
+        if self.settings.grow_from and not self.checkpoint_path.is_file():
+            if stage != "stage1":
+                raise ValueError(f"{stage}: grow_from applies to stage 1 (the denoiser) only")
+            source = torch.load(self.settings.grow_from, map_location=self.device, weights_only=True)
+            self.net.grow_from(source["ema"]["module"])
         self.ema = EMA(self.net, self.settings.ema_decay)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
         self.iteration = 0
