@@ -76,6 +76,7 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     assert "LPIPS: skipped: no weights" in report and "FID: skipped: no weights" in report
     assert "| ETDMS (stage 1 + CLSR) |" in report
     assert '"sampler": "ddim"' in report and '"steps": 2' in report  # the preset it resolved to, not null
+    assert '"batch_size": 1' in report  # the CPU's default tile batch
 
 
 def test_degrade_command_writes_examples(clean_frames, tmp_path):

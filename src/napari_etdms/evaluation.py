@@ -133,16 +133,15 @@ def crop_grid_figure(path: Path, examples: list[tuple[str, dict[str, np.ndarray]
     for row, (name, images) in enumerate(examples):
         gt = images["ground_truth"]
         y, x = (gt.shape[0] - crop) // 2, (gt.shape[1] - crop) // 2
-        lo, hi = np.percentile(gt, (0.5, 99.5))
         for col, (key, title) in enumerate(columns):
             image = images[key]
             if image.shape != gt.shape:  # low-res: show at the same field of view
                 image = np.kron(image, np.ones((SCALE, SCALE)))
             shown = image[y : y + crop, x : x + crop]
-            if key != "ground_truth":
-                _, shown = match_to_reference(gt[y : y + crop, x : x + crop], shown)
-                shown = shown * (hi - lo) + lo
-            axes[row, col].imshow(shown, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            # Each panel is stretched by its own percentiles: a least-squares match to the
+            # ground truth (as the metrics do) would flatten a panel that correlates weakly.
+            lo, hi = np.percentile(shown, (0.5, 99.5))
+            axes[row, col].imshow(shown, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-12), interpolation="nearest")
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
             if row == 0:
@@ -268,6 +267,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
         optional["FID"] = ", ".join(f"{METHODS[m]} {v[0]:.2f}" for m, v in values.items()) + (
             f" (lower is better; {values['super_resolved'][1]} patches of 64 px per set)")
     resolved = {key: reports[0].run.get(key) for key in ("sampler", "steps", "eta")} if reports else {}
+    if reports:  # the tile batch actually used (None asks for the device's default)
+        resolved["batch_size"] = reports[0].run["tiling"]["batch_size"]
     settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options, **resolved,
                 "weights": pipeline.weights_provenance.get("name")}
     write_reports(out_dir, reports, summary, settings, optional)
