@@ -86,3 +86,6 @@ def test_growing_refuses_another_width():
         _deeper(2, embed_dim=16).grow_from(build_denoiser(TINY).state_dict())
     with pytest.raises(ValueError, match="no place in this network"):
         build_denoiser(TINY).grow_from(_deeper(2).state_dict())
+    deeper_groups = TINY.swinir.model_validate({"embed_dim": 8, "depths": [2], "num_heads": [2]})
+    with pytest.raises(ValueError, match="not their depth"):  # groups of more blocks: not an identity
+        build_denoiser(TINY.model_copy(update={"swinir": deeper_groups})).grow_from(build_denoiser(TINY).state_dict())

@@ -166,5 +166,10 @@ def test_stage1_can_grow_from_a_shallower_trained_denoiser(pool, tmp_path):
     assert len(grown.net.groups) == 2
     assert torch.allclose(grown.net(x), shallow(x), atol=1e-6)
     assert grown.train(show_progress=False) == 2
-    with pytest.raises(ValueError, match="stage 1"):
-        StageTrainer(deeper.model_copy(update={"stage2": deeper.stage1}), "stage2", tmp_path / "x", "cpu")
+    with pytest.raises(ValueError, match="only stage 1"):
+        TrainConfig.model_validate({**deeper.model_dump(mode="json"), "stage2": deeper.stage1.model_dump(mode="json")})
+    # an exported denoiser (a bare state dict) serves as well as a training checkpoint
+    exported = tmp_path / "denoiser.pt"
+    torch.save(shallow.state_dict(), exported)
+    from_export = deeper.model_copy(update={"stage1": deeper.stage1.model_copy(update={"grow_from": str(exported)})})
+    assert torch.allclose(StageTrainer(from_export, "stage1", tmp_path / "e", "cpu").net(x), shallow(x), atol=1e-6)

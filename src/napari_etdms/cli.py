@@ -40,7 +40,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tile", type=int, default=64, help="low-res tile side, multiple of 4 (default 64)")
     t.add_argument("--overlap", type=int, default=16, help="low-res overlap between tiles (default 16)")
     t.add_argument("--batch-size", type=int, default=None,
-                   help="tiles per network call (default: 1 on CPU, 8 on a GPU; measured fastest)")
+                   help="tiles per network call (default: 8 on a CUDA GPU, else 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ etdms train -c "$CONFIG" -s 2 --run-dir "$RUN" --device "$DEVICE" --max-minutes 
 wait
 
 # The iterations reached become the stages' targets, so that -s 0 goes on to the fine-tune.
-python3 - "$CONFIG" "$RUN" <<'PY'
+python3 - "$CONFIG" "$RUN" <<'PY' || { echo "stage 1 or 2 left no checkpoint: see $LOGS"; exit 1; }
 import json, sys, torch
 config, run = json.load(open(sys.argv[1])), sys.argv[2]
 for stage in ("stage1", "stage2"):
@@ -45,7 +45,7 @@ json.dump(config, open(f"{run}/config.json", "w"), indent=1)
 PY
 etdms train -c "$RUN/config.json" -s 0 --run-dir "$RUN" --device "$DEVICE" --max-minutes "$TUNE_MIN" > "$LOGS/finetune.txt" 2>&1
 
-python3 - "$RUN" "$OUT" <<'PY'
+python3 - "$RUN" "$OUT" <<'PY' || { echo "export failed: see $LOGS"; exit 1; }
 import json, sys, torch
 from napari_etdms.training.trainer import export, load_train_config
 run, out = sys.argv[1:]

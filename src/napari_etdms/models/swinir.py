@@ -6,6 +6,7 @@ on torchvision. Frames of any size are reflect-padded to a multiple of the windo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -164,9 +165,15 @@ class SwinIRDenoiser(nn.Module):
             if own[name].shape != value.shape:
                 raise ValueError(f"cannot grow from these weights: '{name}' is {tuple(value.shape)}, "
                                  f"here {tuple(own[name].shape)} (only the number of groups may grow)")
+        source_groups = len({int(name.split(".")[1]) for name in state if name.startswith("groups.")})
+        new_group = re.compile(r"groups\.(\d+)\.")
+        for name in own.keys() - state.keys():  # only whole new groups may be missing from the source
+            match = new_group.match(name)
+            if not match or int(match.group(1)) < source_groups:
+                raise ValueError(f"cannot grow from these weights: they lack '{name}' "
+                                 "(only the number of groups may grow, not their depth or heads)")
         self.load_state_dict(state, strict=False)
-        source_groups = {int(name.split(".")[1]) for name in state if name.startswith("groups.")}
-        for index in range(len(source_groups), len(self.groups)):
+        for index in range(source_groups, len(self.groups)):
             self.groups[index].conv.weight.zero_()
             self.groups[index].conv.bias.zero_()
 

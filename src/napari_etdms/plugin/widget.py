@@ -91,7 +91,7 @@ class ETDMSWidget(QWidget):
         self.tile = SpinBox(label="tile (px)", min=16, max=512, step=4, value=64, visible=False)
         self.overlap = SpinBox(label="overlap (px)", min=0, max=256, value=16, visible=False)
         self.batch_size = SpinBox(label="tiles per batch (0: auto)", min=0, max=64, value=0, visible=False,
-                                  tooltip="0: 1 on CPU, 8 on a GPU (measured fastest)")
+                                  tooltip="0: 8 on a CUDA GPU, else 1")
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
                                   value="auto", visible=False)
         self.run_button = PushButton(text="Run")

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import ModelConfig, _Strict, load_json
 from ..diffusion import SAMPLERS, NoiseSchedule, make_sampler
@@ -54,7 +54,8 @@ class StageConfig(_Strict):
     checkpoint_every: int = Field(200, gt=0)
     precision: Literal["bfloat16", "float32"] = "bfloat16"
     threads: int | None = None
-    workers: int = Field(0, ge=0)  # data-loading processes (crops are degraded on the CPU)
+    # data-loading processes (crops are degraded on the CPU); each keeps its own copy of the frames
+    workers: int = Field(0, ge=0)
     # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
     max_target_noise: float | None = Field(None, gt=0)
     # stage 1 only: start from this checkpoint of a denoiser with fewer groups (same width)
@@ -74,6 +75,13 @@ class TrainConfig(_Strict):
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(hr_crop=128, learning_rate=1e-4)
     finetune: StageConfig = StageConfig(hr_crop=128, learning_rate=5e-5, iterations=2000)
+
+    @model_validator(mode="after")
+    def _growing_is_for_the_denoiser(self):
+        for stage in ("stage2", "finetune"):
+            if getattr(self, stage).grow_from:
+                raise ValueError(f"{stage}.grow_from: only stage 1 (the denoiser) can grow")
+        return self
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
@@ -141,10 +149,9 @@ class StageTrainer:
         self.schedule = NoiseSchedule(config.model.diffusion)
         self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
         if self.settings.grow_from and not self.checkpoint_path.is_file():
-            if stage != "stage1":
-                raise ValueError(f"{stage}: grow_from applies to stage 1 (the denoiser) only")
             source = torch.load(self.settings.grow_from, map_location=self.device, weights_only=True)
-            self.net.grow_from(source["ema"]["module"])
+            # a training checkpoint (its EMA weights) or an exported denoiser.pt (a bare state dict)
+            self.net.grow_from(source["ema"]["module"] if "ema" in source else source)
         self.ema = EMA(self.net, self.settings.ema_decay)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
         self.iteration = 0
@@ -236,7 +243,9 @@ class StageTrainer:
         ]
         if _rank() == 0:
             payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
-            split_file.write_text(json.dumps(payload, indent=1))
+            tmp = split_file.with_name(split_file.name + ".part")  # stages may start side by side
+            tmp.write_text(json.dumps(payload, indent=1))
+            os.replace(tmp, split_file)
         return train, val
 
     # ---- steps -----------------------------------------------------------------------
