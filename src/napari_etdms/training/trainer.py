@@ -122,9 +122,10 @@ class EMA:
         self.updates = int(state["updates"])
 
 
-def _atomic_save(obj, path: Path) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """`write(temporary_path)`, then one rename: readers and a kill -9 never see half a file."""
     tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -212,16 +213,14 @@ class StageTrainer:
     def save(self) -> None:
         if _rank() != 0:
             return
-        _atomic_save(
-            {
-                "model": self.net.state_dict(),
-                "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "iteration": self.iteration,
-                "stage": self.stage,
-            },
-            self.checkpoint_path,
-        )
+        state = {
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
+            "stage": self.stage,
+        }
+        _atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def _split(self) -> tuple[list[FrameInfo], list[FrameInfo]]:
         split_file = self.run_dir / "split.json"
@@ -243,9 +242,8 @@ class StageTrainer:
         ]
         if _rank() == 0:
             payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
-            tmp = split_file.with_name(split_file.name + ".part")  # stages may start side by side
-            tmp.write_text(json.dumps(payload, indent=1))
-            os.replace(tmp, split_file)
+            # atomic: stages started side by side may read it while it is written
+            _atomic_write(split_file, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
         return train, val
 
     # ---- steps -----------------------------------------------------------------------
