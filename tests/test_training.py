@@ -173,3 +173,16 @@ def test_stage1_can_grow_from_a_shallower_trained_denoiser(pool, tmp_path):
     torch.save(shallow.state_dict(), exported)
     from_export = deeper.model_copy(update={"stage1": deeper.stage1.model_copy(update={"grow_from": str(exported)})})
     assert torch.allclose(StageTrainer(from_export, "stage1", tmp_path / "e", "cpu").net(x), shallow(x), atol=1e-6)
+
+
+def test_stage1_loss_is_selectable_and_only_for_stage1(pool, tmp_path):
+    config = tiny_train_config(pool)
+    batch = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
+    for name, reference in (("l1", torch.nn.functional.l1_loss), ("mse", torch.nn.functional.mse_loss)):
+        chosen = config.model_copy(update={"stage1": config.stage1.model_copy(update={"loss": name})})
+        trainer = StageTrainer(chosen, "stage1", tmp_path / name)
+        with torch.no_grad():
+            expected = reference(trainer.net(batch[0]), batch[1])
+            assert torch.allclose(trainer.loss(batch), expected)
+    with pytest.raises(ValueError, match="finetune.loss"):
+        TrainConfig.model_validate({**config.model_dump(mode="json"), "finetune": {"loss": "mse"}})

@@ -60,6 +60,8 @@ class StageConfig(_Strict):
     max_target_noise: float | None = Field(None, gt=0)
     # stage 1 only: start from this checkpoint of a denoiser with fewer groups (same width)
     grow_from: str | None = None
+    # stage 1 only: "mse" trains for the posterior mean (what PSNR rewards), "l1" for the median
+    loss: Literal["l1", "mse"] = "l1"
 
 
 class SamplerPreset(_Strict):
@@ -77,10 +79,13 @@ class TrainConfig(_Strict):
     finetune: StageConfig = StageConfig(hr_crop=128, learning_rate=5e-5, iterations=2000)
 
     @model_validator(mode="after")
-    def _growing_is_for_the_denoiser(self):
+    def _stage1_only_options(self):
         for stage in ("stage2", "finetune"):
             if getattr(self, stage).grow_from:
                 raise ValueError(f"{stage}.grow_from: only stage 1 (the denoiser) can grow")
+            if getattr(self, stage).loss != "l1":
+                raise ValueError(f"{stage}.loss: the diffusion stages train on the noise-prediction MSE; "
+                                 "only stage 1 takes a loss")
         return self
 
 
@@ -265,7 +270,8 @@ class StageTrainer:
         degraded, clean_lr, clean_hr = (t.to(self.device, non_blocking=True) for t in batch)
         with self._autocast():
             if self.stage == "stage1":
-                return torch.nn.functional.l1_loss(self.model(degraded).float(), clean_lr)
+                loss = torch.nn.functional.mse_loss if self.settings.loss == "mse" else torch.nn.functional.l1_loss
+                return loss(self.model(degraded).float(), clean_lr)
             cond = self._condition(degraded, clean_lr)
             # The residual is the true detail over the clean low-res frame, not over the
             # imperfect condition: the condition's own errors are not learnable from it, and at
