@@ -24,6 +24,7 @@ from napari_etdms.training.data import load_normalised
 from napari_etdms.training.degrade import DegradationConfig
 
 SETTINGS = {
+    "DPM-Solver++(2M) SDE, 5 steps": {"sampler": "dpmpp-sde", "steps": 5},
     "DPM-Solver++(2M) SDE, 10 steps": {"sampler": "dpmpp-sde", "steps": 10},
     "DPM-Solver++(2M) SDE, 20 steps": {"sampler": "dpmpp-sde", "steps": 20},
     "DPM-Solver++(2M) ODE, 10 steps": {"sampler": "dpmpp", "steps": 10},
@@ -32,7 +33,9 @@ SETTINGS = {
     "DDIM eta 0 (paper Ts=200)": {"sampler": "ddim", "steps": 200},
     "DDPM ancestral, 100 steps": {"sampler": "ddpm", "steps": 100},
     "DPM-Solver++(2M) SDE, 10 steps, mean of 4": {"sampler": "dpmpp-sde", "steps": 10, "samples": 4},
+    "DPM-Solver++(2M) SDE, 5 steps, mean of 2": {"sampler": "dpmpp-sde", "steps": 5, "samples": 2},
     "DPM-Solver++(2M) SDE, 5 steps, mean of 4": {"sampler": "dpmpp-sde", "steps": 5, "samples": 4},
+    "DPM-Solver++(2M) SDE, 5 steps, mean of 8": {"sampler": "dpmpp-sde", "steps": 5, "samples": 8},
     "DPM-Solver++(2M) SDE, 10 steps, mean of 8": {"sampler": "dpmpp-sde", "steps": 10, "samples": 8},
 }
 

@@ -134,6 +134,16 @@ def test_provenance_metadata(tiny_pipeline):
     assert set(meta["timings"]) == {"denoise_s", "super_resolve_s"}
 
 
+def test_intensity_range_is_fitted_to_the_signal_not_the_noise(tiny_pipeline):
+    rng = np.random.default_rng(1)
+    clean = sem_like((64, 64), np.float32)
+    noisy = (rng.poisson(clean * 4.0) / 4.0).astype(np.float32)
+    meta = tiny_pipeline.run(noisy, super_resolve=False, **FAST).metadata
+    fitted = meta["intensity_map"]["high"] - meta["intensity_map"]["low"]
+    raw = np.subtract(*np.percentile(noisy, (99.9, 0.1)))
+    assert fitted < 0.6 * raw
+
+
 def test_tile_batch_defaults_to_the_device_s_fastest_and_is_recorded(tiny_pipeline):
     frame = sem_like((64, 64))
     assert tiny_pipeline.auto_batch_size == 1  # CPU

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
@@ -18,8 +19,11 @@ class IntensityMap:
     high: float
 
     @classmethod
-    def fit(cls, image: np.ndarray) -> IntensityMap:
-        low, high = np.percentile(image, (LOW_PERCENTILE, HIGH_PERCENTILE))
+    def fit(cls, image: np.ndarray, smoothing: float = 0.0) -> IntensityMap:
+        """Percentile range of `image`, of its Gaussian-smoothed copy when `smoothing` (sigma,
+        px) > 0: the range of the signal rather than of the noise riding on it."""
+        signal = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), smoothing) if smoothing > 0 else image
+        low, high = np.percentile(signal, (LOW_PERCENTILE, HIGH_PERCENTILE))
         if not high > low:  # nearly constant frames: fall back to the full range
             low, high = float(np.min(image)), float(np.max(image))
         return cls(float(low), float(high))
