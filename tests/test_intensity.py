@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from napari_etdms.intensity import IntensityMap
 
@@ -16,6 +17,13 @@ def test_smoothed_fit_finds_the_signal_range_under_heavy_shot_noise():
     assert IntensityMap.fit(clean) == IntensityMap(*np.percentile(clean, (0.1, 99.9)))
 
 
-def test_constant_frame_falls_back_to_its_full_range():
-    flat = np.full((16, 16), 7.0)
-    assert IntensityMap.fit(flat, smoothing=2.0).is_degenerate
+def test_flat_frames_fall_back_to_the_full_range():
+    sparse = np.zeros((256, 256))
+    sparse[100, 100] = 1.0  # the percentiles are both 0; smoothing alone would give 0..0.003
+    assert IntensityMap.fit(sparse, smoothing=2.0) == IntensityMap(0.0, 1.0)
+    assert IntensityMap.fit(sparse) == IntensityMap(0.0, 1.0)
+
+
+def test_negative_smoothing_is_refused():
+    with pytest.raises(ValueError, match="smoothing"):
+        IntensityMap.fit(np.ones((8, 8)), smoothing=-1.0)

@@ -141,7 +141,10 @@ def test_intensity_range_is_fitted_to_the_signal_not_the_noise(tiny_pipeline):
     meta = tiny_pipeline.run(noisy, super_resolve=False, **FAST).metadata
     fitted = meta["intensity_map"]["high"] - meta["intensity_map"]["low"]
     raw = np.subtract(*np.percentile(noisy, (99.9, 0.1)))
+    signal = np.subtract(*np.percentile(clean, (99.9, 0.1)))
     assert fitted < 0.6 * raw
+    assert 0.7 < fitted / signal < 1.3
+    assert meta["intensity_map"]["smoothing_sigma_px"] > 0
 
 
 def test_tile_batch_defaults_to_the_device_s_fastest_and_is_recorded(tiny_pipeline):

@@ -184,5 +184,6 @@ def test_stage1_loss_is_selectable_and_only_for_stage1(pool, tmp_path):
         with torch.no_grad():
             expected = reference(trainer.net(batch[0]), batch[1])
             assert torch.allclose(trainer.loss(batch), expected)
-    with pytest.raises(ValueError, match="finetune.loss"):
-        TrainConfig.model_validate({**config.model_dump(mode="json"), "finetune": {"loss": "mse"}})
+    for stage in ("stage2", "finetune"):
+        with pytest.raises(ValueError, match=f"{stage}.loss"):
+            TrainConfig.model_validate({**config.model_dump(mode="json"), stage: {"loss": "mse"}})

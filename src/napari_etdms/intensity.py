@@ -20,12 +20,19 @@ class IntensityMap:
 
     @classmethod
     def fit(cls, image: np.ndarray, smoothing: float = 0.0) -> IntensityMap:
-        """Percentile range of `image`, of its Gaussian-smoothed copy when `smoothing` (sigma,
-        px) > 0: the range of the signal rather than of the noise riding on it."""
-        signal = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), smoothing) if smoothing > 0 else image
+        """Percentile range of a finite `image`, of its Gaussian-smoothed copy when `smoothing`
+        (sigma, px) > 0: the range of the signal rather than of the noise riding on it.
+        Frames whose percentiles (nearly) coincide fall back to the raw frame's full range."""
+        if smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+        image = np.asarray(image)
+        work = np.asarray(image, dtype=np.result_type(image, np.float32))
+        signal = ndimage.gaussian_filter(work, smoothing) if smoothing > 0 else work
         low, high = np.percentile(signal, (LOW_PERCENTILE, HIGH_PERCENTILE))
-        if not high > low:  # nearly constant frames: fall back to the full range
-            low, high = float(np.min(image)), float(np.max(image))
+        full_low, full_high = float(np.min(work)), float(np.max(work))
+        # e.g. a flat background with a few bright pixels, which smoothing flattens further
+        if not high - low > 1e-2 * (full_high - full_low):
+            low, high = full_low, full_high
         return cls(float(low), float(high))
 
     @property

@@ -306,7 +306,7 @@ class Pipeline:
             "precision": self.precision,
             "input_shape": list(frame.shape),
             "input_dtype": str(frame.dtype),
-            "intensity_map": {"low": mapping.low, "high": mapping.high},
+            "intensity_map": {"low": mapping.low, "high": mapping.high, "smoothing_sigma_px": SIGNAL_SMOOTHING},
             "consistency_psnr_db": result.consistency_psnr,
             "timings": timings,
         }

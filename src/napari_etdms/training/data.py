@@ -133,8 +133,8 @@ class CropStream(torch.utils.data.IterableDataset):
         c = min(self.hr_crop, h - h % SCALE, w - w % SCALE)
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
         crop = augment([image[y : y + c, x : x + c].astype(np.float64)], rng)[0]
-        # Degraded crops keep the simulated gain/offset: the random contrast range also
-        # covers the contrast change that robust normalisation of a noisy frame causes.
+        # Degraded crops keep the simulated gain/offset, in the clean frame's intensity scale;
+        # the pipeline matches that scale by fitting its range to the smoothed frame.
         degraded, clean_lr, clean_hr = degrade(crop, rng, self.degradation)
         return tuple(torch.from_numpy(a * 2.0 - 1.0)[None] for a in (degraded, clean_lr, clean_hr))
 

@@ -270,8 +270,8 @@ class StageTrainer:
         degraded, clean_lr, clean_hr = (t.to(self.device, non_blocking=True) for t in batch)
         with self._autocast():
             if self.stage == "stage1":
-                loss = torch.nn.functional.mse_loss if self.settings.loss == "mse" else torch.nn.functional.l1_loss
-                return loss(self.model(degraded).float(), clean_lr)
+                criterion = torch.nn.functional.mse_loss if self.settings.loss == "mse" else torch.nn.functional.l1_loss
+                return criterion(self.model(degraded).float(), clean_lr)
             cond = self._condition(degraded, clean_lr)
             # The residual is the true detail over the clean low-res frame, not over the
             # imperfect condition: the condition's own errors are not learnable from it, and at
