@@ -35,10 +35,6 @@ class IntensityMap:
             low, high = full_low, full_high
         return cls(float(low), float(high))
 
-    @property
-    def is_degenerate(self) -> bool:
-        return not self.high > self.low
-
     def forward(self, image: np.ndarray) -> np.ndarray:
         return ((np.asarray(image, dtype=np.float32) - self.low) / (self.high - self.low) * 2.0 - 1.0).astype(
             np.float32
