@@ -8,10 +8,12 @@ from napari_etdms.diffusion import NoiseSchedule, make_sampler
 @pytest.mark.parametrize(
     "name, steps", [("ddpm", None), ("ddim", 200), ("ddim", 12), ("dpmpp", 20), ("dpmpp", 10), ("dpmpp-sde", 10)]
 )
-def test_oracle_noise_recovers_x0(name, steps):
-    config = DiffusionConfig()
+@pytest.mark.parametrize("target, scale", [("image", 1.0), ("residual", 4.0)])
+def test_oracle_noise_recovers_x0(name, steps, target, scale):
+    config = DiffusionConfig(target=target, target_scale=scale)
     schedule = NoiseSchedule(config)
-    x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    # a scaled residual spans +-scale: the x0 clip must scale with it or sharp edges are cut
+    x0 = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1) * scale
     sampler = make_sampler(name, config, steps)
     generator = torch.Generator().manual_seed(0)
     x = sampler.initial_noise(x0.shape, generator)
@@ -45,6 +47,11 @@ def test_training_loss_is_zero_for_an_oracle():
     loss = schedule.training_loss(lambda x_t, t: schedule.noise_from_x0(x_t, x0, t), x0)
     assert float(loss) < 1e-4
     assert float(schedule.training_loss(lambda x_t, t: torch.zeros_like(x_t), x0)) > 0.5
+
+
+def test_target_scale_applies_to_the_residual_only():
+    with pytest.raises(ValueError, match="residual target only"):
+        DiffusionConfig(target="image", target_scale=4.0)
 
 
 def test_bad_sampler_arguments():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import tiny_train_config
 
+from napari_etdms.config import DiffusionConfig
 from napari_etdms.models import build_denoiser
 from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
@@ -125,11 +126,11 @@ def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
     assert "unknown key 'stage1.iterashuns'" in capsys.readouterr().err
 
 
-def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
-    from napari_etdms.diffusion.target import upsample_condition
+def test_stage2_learns_the_scaled_detail_over_the_clean_low_res_frame(pool, tmp_path):
+    from napari_etdms.diffusion.target import from_target, upsample_condition
 
     config = tiny_train_config(pool)
-    residual = config.model.diffusion.model_copy(update={"target": "residual"})
+    residual = DiffusionConfig(target="residual", target_scale=4.0)
     config = config.model_copy(update={"model": config.model.model_copy(update={"diffusion": residual})})
     trainer = StageTrainer(config, "stage2", tmp_path / "run")
     seen = []
@@ -138,7 +139,8 @@ def test_stage2_learns_the_detail_over_the_clean_low_res_frame(pool, tmp_path):
     for _ in range(2):  # the condition gets fresh noise each time; the target must not follow it
         trainer.loss((degraded, clean_lr, clean_hr))
     assert torch.equal(seen[0], seen[1])
-    assert torch.allclose(seen[0], clean_hr - upsample_condition(clean_lr), atol=1e-6)
+    assert torch.allclose(seen[0], 4.0 * (clean_hr - upsample_condition(clean_lr)), atol=1e-5)
+    assert torch.allclose(from_target(seen[0], clean_lr, residual), clean_hr, atol=1e-5)
 
 
 def test_resuming_takes_the_learning_rate_from_the_config(pool, tmp_path):

@@ -330,16 +330,16 @@ class Pipeline:
     @torch.no_grad()
     def _super_resolve(self, cond, grid, sampler_name, steps, eta, seed, batch_size, consistent, tick) -> torch.Tensor:
         sampler = make_sampler(sampler_name, self.config.diffusion, steps, eta)
-        target = self.config.diffusion.target
+        diffusion = self.config.diffusion
 
         def project(x0):
-            return to_target(project_onto_low_res(from_target(x0, cond, target), cond), cond, target)
+            return to_target(project_onto_low_res(from_target(x0, cond, diffusion), cond), cond, diffusion)
 
         shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
         generator = torch.Generator().manual_seed(seed)
         predict_noise = self._noise_predictor(cond, grid, batch_size, tick)
         x = sampler.sample(predict_noise, shape, generator, project if consistent else None)
-        return from_target(x, cond, target)
+        return from_target(x, cond, diffusion)
 
     def _noise_predictor(self, cond, grid, batch_size, tick):
         """eps(x_t, t) for the whole frame: every tile predicted, blended with taper weights."""

@@ -79,7 +79,6 @@ def make_sampler(
     config: DiffusionConfig,
     steps: int | None = None,
     eta: float = 0.0,
-    clip_range: float = 1.5,
 ) -> Sampler:
     """Build a fresh sampler (samplers carry state: make one per image and per sample)."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -115,4 +114,5 @@ def make_sampler(
             final_sigmas_type="zero",
         )
     scheduler.set_timesteps(steps)
-    return Sampler(name, scheduler, eta, clip_range)
+    # x0 estimates are clipped to +-1.5 in image units (a scaled residual's units scale with it)
+    return Sampler(name, scheduler, eta, 1.5 * config.target_scale)

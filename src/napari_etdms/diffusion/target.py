@@ -1,11 +1,12 @@
 """What stage 2 diffuses: the high-res frame ("image", the paper) or its residual over
-the bicubic-upsampled condition ("residual")."""
+the bicubic-upsampled condition ("residual"), multiplied by `target_scale`."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..config import DiffusionConfig
 from ..models.clsr import SCALE
 
 
@@ -13,9 +14,13 @@ def upsample_condition(cond: torch.Tensor) -> torch.Tensor:
     return F.interpolate(cond, scale_factor=SCALE, mode="bicubic", align_corners=False)
 
 
-def to_target(hr: torch.Tensor, cond: torch.Tensor, kind: str) -> torch.Tensor:
-    return hr - upsample_condition(cond) if kind == "residual" else hr
+def to_target(hr: torch.Tensor, cond: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+    if config.target == "residual":
+        return (hr - upsample_condition(cond)) * config.target_scale
+    return hr
 
 
-def from_target(x0: torch.Tensor, cond: torch.Tensor, kind: str) -> torch.Tensor:
-    return x0 + upsample_condition(cond) if kind == "residual" else x0
+def from_target(x0: torch.Tensor, cond: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+    if config.target == "residual":
+        return x0 / config.target_scale + upsample_condition(cond)
+    return x0

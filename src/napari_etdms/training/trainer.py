@@ -276,7 +276,7 @@ class StageTrainer:
             # The residual is the true detail over the clean low-res frame, not over the
             # imperfect condition: the condition's own errors are not learnable from it, and at
             # inference the data-consistency projection pins the low frequencies to it anyway.
-            x0 = to_target(clean_hr, clean_lr, self.config.model.diffusion.target)
+            x0 = to_target(clean_hr, clean_lr, self.config.model.diffusion)
             return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0)
 
     @torch.no_grad()
@@ -297,7 +297,7 @@ class StageTrainer:
                     return model(x, cond, torch.full((x.shape[0],), t, device=self.device)).float()
 
             x = sampler.sample(predict_noise, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
-            sr = from_target(x, cond, self.config.model.diffusion.target).cpu().clamp(-1.5, 1.5)
+            sr = from_target(x, cond, self.config.model.diffusion).cpu().clamp(-1.5, 1.5)
             bicubic = upsample_condition(cond).cpu()
             result = {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr)}
             result |= {"psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
