@@ -74,7 +74,8 @@ class DiffusionConfig(_Strict):
     @model_validator(mode="after")
     def _scale_for_residual_only(self):
         if self.target == "image" and self.target_scale != 1.0:
-            raise ValueError("diffusion.target_scale applies to the residual target only (the image is already on [-1, 1])")
+            raise ValueError("diffusion.target_scale applies to the residual target only "
+                             "(the image is already on [-1, 1])")
         return self
 
 
