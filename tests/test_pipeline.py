@@ -2,10 +2,10 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import sem_like
+from conftest import TINY, sem_like
 
 from napari_etdms import Cancelled, InputError
-from napari_etdms.pipeline import estimate_memory_bytes, select_device, select_precision
+from napari_etdms.pipeline import Pipeline, estimate_memory_bytes, select_device, select_precision
 
 FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -190,10 +190,14 @@ def test_bfloat16_autocast_stays_close_to_float32(tiny_weights):
     assert np.abs(f32.super_resolved - bf16.super_resolved).mean() < 0.05 * span
 
 
-def test_data_consistency_projection_makes_block_means_match(tiny_pipeline):
+@pytest.mark.parametrize("diffusion", [{}, {"target": "residual", "target_scale": 4.0}])
+def test_data_consistency_projection_makes_block_means_match(diffusion):
+    scaled = TINY.diffusion.model_validate(TINY.diffusion.model_dump() | diffusion)
+    config = TINY.model_copy(update={"diffusion": scaled})
+    pipeline = Pipeline.from_config(config, device="cpu", precision="float32", seed=0)
     frame = sem_like((32, 32), np.float32)
-    free = tiny_pipeline.run(frame, denoise=False, data_consistency=False, **FAST)
-    tied = tiny_pipeline.run(frame, denoise=False, data_consistency=True, **FAST)
+    free = pipeline.run(frame, denoise=False, data_consistency=False, **FAST)
+    tied = pipeline.run(frame, denoise=False, data_consistency=True, **FAST)
     assert tied.consistency_psnr > 60 > free.consistency_psnr
     assert tied.metadata["data_consistency"] is True
 
