@@ -329,8 +329,8 @@ class Pipeline:
 
     @torch.no_grad()
     def _super_resolve(self, cond, grid, sampler_name, steps, eta, seed, batch_size, consistent, tick) -> torch.Tensor:
-        sampler = make_sampler(sampler_name, self.config.diffusion, steps, eta)
         diffusion = self.config.diffusion
+        sampler = make_sampler(sampler_name, diffusion, steps, eta)
 
         def project(x0):
             return to_target(project_onto_low_res(from_target(x0, cond, diffusion), cond), cond, diffusion)
