@@ -88,9 +88,9 @@ def frame_parts(pipe: Pipeline, height: int, width: int, tile: int, overlap: int
     cond = pipe._denoise(low, grid, batch, lambda: None)
     stage1 = time.perf_counter() - start
     x = torch.randn(1, 1, 4 * height, 4 * width)
-    predict_noise = pipe._noise_predictor(cond, grid, batch, lambda: None)
+    predict = pipe._model_predictor(cond, grid, batch, lambda: None)
     start = time.perf_counter()
-    predict_noise(x, 500)
+    predict(x, 500)
     step = time.perf_counter() - start
     return stage1, step, len(grid.origins)
 

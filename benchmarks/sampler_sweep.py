@@ -24,6 +24,12 @@ from napari_etdms.training.data import load_normalised
 from napari_etdms.training.degrade import DegradationConfig
 
 SETTINGS = {
+    # one step from pure noise: a v model's estimate of the mean given the condition
+    "DPM-Solver++(2M), 1 step": {"sampler": "dpmpp", "steps": 1},
+    "DPM-Solver++(2M), 1 step, no consistency": {"sampler": "dpmpp", "steps": 1, "data_consistency": False},
+    "DPM-Solver++(2M) ODE, 3 steps": {"sampler": "dpmpp", "steps": 3},
+    "DPM-Solver++(2M) ODE, 5 steps": {"sampler": "dpmpp", "steps": 5},
+    "DPM-Solver++(2M) SDE, 10 steps, no consistency": {"sampler": "dpmpp-sde", "steps": 10, "data_consistency": False},
     "DPM-Solver++(2M) SDE, 5 steps": {"sampler": "dpmpp-sde", "steps": 5},
     "DPM-Solver++(2M) SDE, 10 steps": {"sampler": "dpmpp-sde", "steps": 10},
     "DPM-Solver++(2M) SDE, 20 steps": {"sampler": "dpmpp-sde", "steps": 20},

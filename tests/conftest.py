@@ -9,7 +9,7 @@ from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.models import build_clsr, build_denoiser
 from napari_etdms.pipeline import Pipeline
 from napari_etdms.training.trainer import TrainConfig
-from napari_etdms.weights import write_entry
+from napari_etdms.weights import load_state, write_entry
 
 TINY = ModelConfig.model_validate(
     {
@@ -21,7 +21,7 @@ TINY = ModelConfig.model_validate(
 
 
 class OracleCLSR(torch.nn.Module):
-    """Predicts the exact noise for x0 = bicubic(condition) of its own tile: a perfect
+    """Predicts the exact eps (or v) for x0 = bicubic(condition) of its own tile: a perfect
     but tile-local model, so any seam in the output comes from the tiling."""
 
     def __init__(self, config: ModelConfig):
@@ -29,7 +29,7 @@ class OracleCLSR(torch.nn.Module):
         self.schedule = NoiseSchedule(config.diffusion)
 
     def forward(self, x_t, cond, t):
-        return self.schedule.noise_from_x0(x_t.float(), upsample_condition(cond.float()), t.long().cpu())
+        return self.schedule.prediction_from_x0(x_t.float(), upsample_condition(cond.float()), t.long().cpu())
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -46,10 +46,13 @@ def tiny_pipeline():
     return Pipeline.from_config(TINY, device="cpu", precision="float32", seed=0)
 
 
-@pytest.fixture
-def oracle_pipeline():
+@pytest.fixture(params=["epsilon", "v"])
+def oracle_pipeline(request):
+    """The oracle under each network parametrization: the pipeline must turn either into x0."""
     torch.manual_seed(0)
-    return Pipeline(TINY, build_denoiser(TINY), OracleCLSR(TINY), device="cpu", precision="float32")
+    diffusion = TINY.diffusion.model_copy(update={"prediction": request.param})
+    config = TINY.model_copy(update={"diffusion": diffusion})
+    return Pipeline(config, build_denoiser(config), OracleCLSR(config), device="cpu", precision="float32")
 
 
 @pytest.fixture
@@ -93,3 +96,9 @@ def pool(tmp_path):
     noisy = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
     tifffile.imwrite(folder / "pure_noise.tif", noisy)
     return folder
+
+
+def copy_with_preset(entry, folder, name, preset):
+    """The same weights under another name and sampling preset."""
+    states = {part: load_state(entry, part) for part in entry.files}
+    return write_entry(folder, name, entry.config, states, preset)

@@ -92,3 +92,11 @@ def test_info_lists_versions_and_weights(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "auto device" in out and "weights" in out
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--consistency"], True), (["--no-consistency"], False)])
+def test_data_consistency_flag_defaults_to_the_preset(flag, expected):
+    from napari_etdms.cli import _run_options, build_parser
+
+    args = build_parser().parse_args(["infer", "-o", "out", *flag])
+    assert _run_options(args)["data_consistency"] is expected

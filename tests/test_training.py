@@ -51,7 +51,7 @@ def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
     assert StageTrainer(more, "stage2", run).train(show_progress=False) == 5
     assert StageTrainer(more, "finetune", run).train(show_progress=False) == 5
     entry = export(run, more, tmp_path / "weights")
-    assert resolve(entry.folder).recommended == {"sampler": "dpmpp", "steps": 20}
+    assert resolve(entry.folder).recommended == {"sampler": "dpmpp", "steps": 20, "data_consistency": True}
 
 
 def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
@@ -134,7 +134,7 @@ def test_stage2_learns_the_scaled_detail_over_the_clean_low_res_frame(pool, tmp_
     config = config.model_copy(update={"model": config.model.model_copy(update={"diffusion": residual})})
     trainer = StageTrainer(config, "stage2", tmp_path / "run")
     seen = []
-    trainer.schedule.training_loss = lambda predict, x0: seen.append(x0) or x0.abs().mean()
+    trainer.schedule.training_loss = lambda predict, x0, loss: seen.append(x0) or x0.abs().mean()
     degraded, clean_lr, clean_hr = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
     for _ in range(2):  # the condition gets fresh noise each time; the target must not follow it
         trainer.loss((degraded, clean_lr, clean_hr))
@@ -177,7 +177,7 @@ def test_stage1_can_grow_from_a_shallower_trained_denoiser(pool, tmp_path):
     assert torch.allclose(StageTrainer(from_export, "stage1", tmp_path / "e", "cpu").net(x), shallow(x), atol=1e-6)
 
 
-def test_stage1_loss_is_selectable_and_only_for_stage1(pool, tmp_path):
+def test_stage1_loss_is_selectable(pool, tmp_path):
     config = tiny_train_config(pool)
     batch = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
     for name, reference in (("l1", torch.nn.functional.l1_loss), ("mse", torch.nn.functional.mse_loss)):
@@ -186,6 +186,27 @@ def test_stage1_loss_is_selectable_and_only_for_stage1(pool, tmp_path):
         with torch.no_grad():
             expected = reference(trainer.net(batch[0]), batch[1])
             assert torch.allclose(trainer.loss(batch), expected)
-    for stage in ("stage2", "finetune"):
-        with pytest.raises(ValueError, match=f"{stage}.loss"):
-            TrainConfig.model_validate({**config.model_dump(mode="json"), stage: {"loss": "mse"}})
+    with pytest.raises(ValueError, match="stage1.residual_over"):
+        TrainConfig.model_validate({**config.model_dump(mode="json"), "stage1": {"residual_over": "condition"}})
+
+
+@pytest.mark.parametrize("residual_over", ["clean", "condition"])
+def test_diffusion_stages_take_the_loss_and_the_residual_base(pool, tmp_path, residual_over):
+    from napari_etdms.diffusion.target import upsample_condition
+
+    config = tiny_train_config(pool)
+    residual = DiffusionConfig(target="residual", target_scale=4.0, prediction="v")
+    config = config.model_copy(update={
+        "model": config.model.model_copy(update={"diffusion": residual}),
+        "stage2": config.stage2.model_copy(update={"loss": "mse", "residual_over": residual_over}),
+    })
+    trainer = StageTrainer(config, "stage2", tmp_path / "run")
+    seen = []
+    trainer.schedule.training_loss = lambda predict, x0, loss: seen.append((x0, loss)) or x0.abs().mean()
+    trainer._condition = lambda degraded, clean_lr, generator=None: degraded  # a condition unlike the clean frame
+    degraded, clean_lr, clean_hr = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
+    trainer.loss((degraded, clean_lr, clean_hr))
+    x0, loss = seen[0]
+    base = degraded if residual_over == "condition" else clean_lr
+    assert loss == "mse"
+    assert torch.allclose(x0, 4.0 * (clean_hr - upsample_condition(base)), atol=1e-5)

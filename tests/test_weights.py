@@ -1,5 +1,5 @@
 import pytest
-from conftest import sem_like
+from conftest import copy_with_preset, sem_like
 
 from napari_etdms import Pipeline, WeightsError
 from napari_etdms.weights import available, resolve, sha256_of
@@ -9,10 +9,22 @@ def test_round_trip_through_a_weights_folder(tiny_weights):
     entry = resolve(tiny_weights.folder)
     assert entry.name == "tiny-test" and set(entry.files) == {"denoiser", "clsr"}
     pipe = Pipeline.from_pretrained(tiny_weights.folder / "weights.json", device="cpu")
-    assert pipe.recommended == {"sampler": "ddim", "steps": 4}
+    assert pipe.recommended == {"sampler": "ddim", "steps": 4, "data_consistency": True}
     meta = pipe.run(sem_like((32, 32)), tile=32, overlap=8).metadata
     assert meta["weights"]["name"] == "tiny-test" and meta["weights"]["hash"] == entry.short_hash
     assert meta["sampler"] == "ddim" and meta["steps"] == 4
+
+
+def test_data_consistency_follows_the_weights_preset_unless_given(tiny_weights, tmp_path):
+    entry = copy_with_preset(tiny_weights, tmp_path / "free", "free", {"sampler": "ddim", "steps": 2,
+                                                                       "data_consistency": False})
+    pipe = Pipeline.from_pretrained(entry.folder, device="cpu")
+    frame = sem_like((32, 32))
+    off = pipe.run(frame, tile=32, overlap=8)
+    on = pipe.run(frame, tile=32, overlap=8, data_consistency=True)
+    assert off.metadata["data_consistency"] is False and on.metadata["data_consistency"] is True
+    # an untrained CLSR ignores the input's block means unless they are imposed
+    assert on.consistency_psnr > 60 > off.consistency_psnr
 
 
 def test_env_var_registers_a_folder_by_name(tiny_weights, monkeypatch):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import sem_like
+from conftest import copy_with_preset, sem_like
 
 OUTPUT_NAMES = {"sem denoised", "sem ETDMS x4", "sem bicubic x4", "sem denoised bicubic x4"}
 
@@ -174,3 +174,10 @@ def test_new_widget_uses_the_weights_preset(make_napari_viewer, tiny_weights, mo
     widget = ETDMSWidget(make_napari_viewer())
     widget.weights.value = "tiny-test"  # its preset: ddim, 4 steps
     assert widget.sampler.value == "ddim" and widget.steps.value == 4
+    assert widget.data_consistency.value
+    copy_with_preset(tiny_weights, tiny_weights.folder.parent / "free", "tiny-free",
+                     {"sampler": "dpmpp-sde", "steps": 10, "data_consistency": False})
+    widget.weights.reset_choices()
+    widget.weights.value = "tiny-free"
+    assert widget.sampler.value == "dpmpp-sde" and widget.steps.value == 10
+    assert not widget.data_consistency.value

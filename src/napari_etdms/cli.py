@@ -34,6 +34,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--samples", type=int, default=1, help="K > 1 adds the mean and per-pixel std of K seeds")
+    g.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
+                        "(default: the weights' preset)")
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")
@@ -241,7 +244,8 @@ def cmd_train(args) -> int:
 
 def _run_options(args) -> dict:
     return dict(denoise=not args.no_denoise, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                samples=args.samples, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+                samples=args.samples, data_consistency=args.consistency, tile=args.tile, overlap=args.overlap,
+                batch_size=args.batch_size)
 
 
 def cmd_eval(args) -> int:

@@ -70,6 +70,11 @@ class DiffusionConfig(_Strict):
     # of about 0.12 on the [-1, 1] scale: unscaled, it rises above the noise in only the last
     # ~1% of the 2000 steps, so training and few-step samplers barely see it.
     target_scale: float = Field(1.0, gt=0)
+    # What the network predicts: "epsilon", the noise (the paper), or "v" = alpha*eps - sigma*x0.
+    # At the noisiest steps v-prediction learns the mean of x0 given the condition (alpha -> 0,
+    # v -> -x0), which an epsilon model cannot express: there x0 = (x_t - sigma*eps)/alpha
+    # divides by alpha ~ 3e-5.
+    prediction: Literal["epsilon", "v"] = "epsilon"
 
     @model_validator(mode="after")
     def _scale_for_residual_only(self):

@@ -180,9 +180,11 @@ class Pipeline:
 
     @property
     def recommended(self) -> dict:
-        """Default sampler and steps: the weights' measured preset, else DPM-Solver++ 20."""
+        """Default sampler, steps and data consistency: the weights' measured preset, else
+        DPM-Solver++ 20 with consistency on."""
         preset = (self.weights.recommended if self.weights else {}) or {}
-        return {"sampler": preset.get("sampler", "dpmpp"), "steps": preset.get("steps", 20)}
+        return {"sampler": preset.get("sampler", "dpmpp"), "steps": preset.get("steps", 20),
+                "data_consistency": preset.get("data_consistency", True)}
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -203,18 +205,21 @@ class Pipeline:
         overlap: int = 16,
         batch_size: int | None = None,
         samples: int = 1,
-        data_consistency: bool = True,
+        data_consistency: bool | None = None,
         progress: ProgressCallback | None = None,
         cancel=None,
     ) -> Result:
         """Process one 2D frame. Raises InputError for bad input, Cancelled if `cancel.is_set()`.
 
         `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
-        (denoised) low-res input: generated detail may add texture but cannot change what
-        was measured at the input's resolution.
+        (denoised) low-res input: generated detail may add texture but cannot change the
+        input's resolution scale. None takes the weights' preset: a stage 2 trained to also
+        correct the denoiser's errors is better without it (see the model card).
         """
         frame = prepare_frame(image)
         batch_size = self.auto_batch_size if batch_size is None else batch_size
+        if data_consistency is None:
+            data_consistency = self.recommended["data_consistency"]
         sampler = sampler or self.recommended["sampler"]
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
@@ -337,14 +342,15 @@ class Pipeline:
 
         shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
         generator = torch.Generator().manual_seed(seed)
-        predict_noise = self._noise_predictor(cond, grid, batch_size, tick)
-        x = sampler.sample(predict_noise, shape, generator, project if consistent else None)
+        predict = self._model_predictor(cond, grid, batch_size, tick)
+        x = sampler.sample(predict, shape, generator, project if consistent else None)
         return from_target(x, cond, diffusion)
 
-    def _noise_predictor(self, cond, grid, batch_size, tick):
-        """eps(x_t, t) for the whole frame: every tile predicted, blended with taper weights."""
+    def _model_predictor(self, cond, grid, batch_size, tick):
+        """The network's output (eps or v) at (x_t, t) for the whole frame: every tile
+        predicted, blended with taper weights."""
 
-        def predict_noise(x, t):
+        def predict(x, t):
             def predict_tiles(x_tiles, c_tiles):
                 steps_t = torch.full((x_tiles.shape[0],), t, device=self.device)
                 with self._autocast():
@@ -352,4 +358,4 @@ class Pipeline:
 
             return blend_tiles(predict_tiles, [(x, SCALE), (cond, 1)], grid, SCALE, batch_size, tick)
 
-        return predict_noise
+        return predict

@@ -8,8 +8,8 @@
   out the network's small errors instead of carrying them to the end as grain, which
   measured better on SEM (see the model card) at the same 10-20 evaluations.
 
-One sampler steps one global state: the tiled pipeline fuses every tile's noise
-prediction first, so solver history (DPM-Solver's multistep memory) stays consistent.
+One sampler steps one global state: the tiled pipeline fuses every tile's network
+output (eps or v) first, so solver history (DPM-Solver's multistep memory) stays consistent.
 """
 
 from __future__ import annotations
@@ -26,28 +26,31 @@ def default_steps(name: str, config: DiffusionConfig) -> int:
 
 
 class Sampler:
-    """A stepping rule: `timesteps` to visit, and `step` from x_t to x_{t-1}.
+    """A stepping rule: `timesteps` to visit, and `step` from x_t to x_{t-1} given the
+    network's output there (eps or v, as the weights were trained).
 
     Every sampler clips the x0 estimate to +-clip_range before stepping: at the noisiest
-    steps x0 = (x_t - sigma eps) / alpha divides by alpha ~ 1e-5, so an imperfect noise
-    prediction would otherwise blow the few-step solvers up.
+    steps an epsilon model's x0 = (x_t - sigma eps) / alpha divides by alpha ~ 1e-5, so an
+    imperfect noise prediction would otherwise blow the few-step solvers up.
     """
 
-    def __init__(self, name: str, scheduler, eta: float, clip_range: float):
+    def __init__(self, name: str, scheduler, eta: float, clip_range: float, prediction: str):
         self.name = name
         self._scheduler = scheduler
         self._eta = eta
         self._clip = clip_range
+        self._prediction = prediction
         self._alphas_cumprod = scheduler.alphas_cumprod.double()
         self.timesteps = [int(t) for t in scheduler.timesteps]
 
-    def _corrected_noise(self, eps: torch.Tensor, t: int, x: torch.Tensor, x0_hook) -> torch.Tensor:
+    def _x0_estimate(self, output: torch.Tensor, t: int, x: torch.Tensor, x0_hook) -> torch.Tensor:
+        """x0 from the network's output, clipped and optionally corrected: the schedulers take
+        x0 itself ("sample"), so no step converts back through a division by alpha."""
         abar = self._alphas_cumprod[t]
         alpha, sigma = float(abar.sqrt()), float((1 - abar).sqrt())
-        x0 = ((x - sigma * eps) / alpha).clamp(-self._clip, self._clip)
-        if x0_hook is not None:
-            x0 = x0_hook(x0)
-        return (x - alpha * x0) / sigma
+        x0 = (x - sigma * output) / alpha if self._prediction == "epsilon" else alpha * x - sigma * output
+        x0 = x0.clamp(-self._clip, self._clip)
+        return x0_hook(x0) if x0_hook is not None else x0
 
     @property
     def steps(self) -> int:
@@ -56,22 +59,23 @@ class Sampler:
     def initial_noise(self, shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator) * float(self._scheduler.init_noise_sigma)
 
-    def sample(self, predict_noise, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
-        """Run the whole chain from pure noise: `predict_noise(x_t, t)` gives eps for the state."""
+    def sample(self, predict, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
+        """Run the whole chain from pure noise: `predict(x_t, t)` gives the network's output."""
         x = self.initial_noise(shape, generator)
         if device is not None:
             x = x.to(device)
         for t in self.timesteps:
-            x = self.step(predict_noise(x, t), t, x, generator, x0_hook)
+            x = self.step(predict(x, t), t, x, generator, x0_hook)
         return x
 
-    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator, x0_hook=None):
-        """One step; `x0_hook` may correct the x0 estimate (e.g. a data-consistency projection)."""
-        eps = self._corrected_noise(eps, t, x, x0_hook)
+    def step(self, output: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator, x0_hook=None):
+        """One step from the network's `output` at t; `x0_hook` may correct the x0 estimate
+        (e.g. a data-consistency projection)."""
+        x0 = self._x0_estimate(output, t, x, x0_hook)
         kwargs = {"generator": generator}
         if self.name == "ddim":
             kwargs["eta"] = self._eta
-        return self._scheduler.step(eps, t, x, **kwargs).prev_sample
+        return self._scheduler.step(x0, t, x, **kwargs).prev_sample
 
 
 def make_sampler(
@@ -96,14 +100,16 @@ def make_sampler(
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type="sample",
     )
     if name == "ddpm":
         scheduler = DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
     elif name == "ddim":
         # "linspace" spacing runs from the last training step (pure noise) to step 0, which
-        # matters when Ts << T; set_alpha_to_one makes the last step return the x0 estimate.
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="linspace")
+        # matters when Ts << T, and set_alpha_to_one makes that last step return the x0
+        # estimate; a single step would land on t = 0, so it alone starts at pure noise.
+        spacing = "linspace" if steps > 1 else "trailing"
+        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing=spacing)
     else:
         scheduler = DPMSolverMultistepScheduler(
             **common,
@@ -115,4 +121,4 @@ def make_sampler(
         )
     scheduler.set_timesteps(steps)
     # x0 estimates are clipped to +-1.5 in image units (a scaled residual's units scale with it)
-    return Sampler(name, scheduler, eta, 1.5 * config.target_scale)
+    return Sampler(name, scheduler, eta, 1.5 * config.target_scale, config.prediction)

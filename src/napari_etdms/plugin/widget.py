@@ -36,8 +36,8 @@ OUTPUTS = {  # Result field -> layer name suffix
     "bicubic_denoised": "denoised bicubic x4",
     "std": "ETDMS x4 std",
 }
-PERSISTED = ("denoise", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples", "region",
-             "tile", "overlap", "batch_size", "precision")
+PERSISTED = ("denoise", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
+             "data_consistency", "region", "tile", "overlap", "batch_size", "precision")
 
 
 def detected_devices() -> list[str]:
@@ -85,6 +85,10 @@ class ETDMSWidget(QWidget):
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
         self.samples = SpinBox(label="samples", min=1, max=64, value=1,
                                tooltip="more than 1 adds the mean and a per-pixel uncertainty (std) layer")
+        self.data_consistency = CheckBox(
+            label="data consistency", value=True,
+            tooltip="keep the 4x4 block means of the x4 output equal to the (denoised) input frame",
+        )
         self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
         self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True, visible=False)
         self.advanced = CheckBox(label="advanced settings", value=False)
@@ -99,7 +103,8 @@ class ETDMSWidget(QWidget):
         self.status = Label(value="")
         self.form = Container(widgets=[
             self.image, self.slices, self.denoise, self.super_resolve, self.weights, self.weights_file,
-            self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples, self.region,
+            self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
+            self.data_consistency, self.region,
             self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
             self.run_button, self.progress_bar, self.status,
         ])
@@ -143,7 +148,7 @@ class ETDMSWidget(QWidget):
         self.slices.visible = layer is not None and layer.ndim == 3
 
     def _apply_preset(self, name):
-        """The weights' measured default sampler and steps (persisted settings override it)."""
+        """The weights' measured default sampling (persisted settings override it)."""
         from ..weights import WeightsError, resolve
 
         if not name or name == LOCAL_FILE:
@@ -155,6 +160,7 @@ class ETDMSWidget(QWidget):
         if preset.get("sampler") in SAMPLERS:
             self.sampler.value = preset["sampler"]
             self.steps.value = int(preset.get("steps", self.steps.value))
+        self.data_consistency.value = bool(preset.get("data_consistency", True))
 
     def _sampler_changed(self, name: str):
         from ..config import DiffusionConfig
@@ -265,7 +271,8 @@ class ETDMSWidget(QWidget):
             return
         options = dict(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
                        sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
-                       samples=self.samples.value, tile=self.tile.value, overlap=self.overlap.value,
+                       samples=self.samples.value, data_consistency=self.data_consistency.value,
+                       tile=self.tile.value, overlap=self.overlap.value,
                        batch_size=self.batch_size.value)
         if not (options["denoise"] or options["super_resolve"]):
             show_error("ETDMS: choose at least one stage (denoise or super-resolve)")

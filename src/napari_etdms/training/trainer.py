@@ -60,13 +60,19 @@ class StageConfig(_Strict):
     max_target_noise: float | None = Field(None, gt=0)
     # stage 1 only: start from this checkpoint of a denoiser with fewer groups (same width)
     grow_from: str | None = None
-    # stage 1 only: "mse" trains for the posterior mean (what PSNR rewards), "l1" for the median
+    # "mse" trains for the posterior mean (what PSNR rewards), "l1" (the paper) for the median;
+    # in the diffusion stages it compares the predicted eps or v
     loss: Literal["l1", "mse"] = "l1"
+    # diffusion stages, residual target: the detail over the clean low-res frame ("clean", which
+    # the condition's own errors cannot be learnt from), or over the condition itself
+    # ("condition": then stage 2 also learns to correct what stage 1 got wrong)
+    residual_over: Literal["clean", "condition"] = "clean"
 
 
 class SamplerPreset(_Strict):
     sampler: Literal[SAMPLERS] = "dpmpp"
     steps: int = Field(20, gt=0)
+    data_consistency: bool = True
 
 
 class TrainConfig(_Strict):
@@ -83,9 +89,8 @@ class TrainConfig(_Strict):
         for stage in ("stage2", "finetune"):
             if getattr(self, stage).grow_from:
                 raise ValueError(f"{stage}.grow_from: only stage 1 (the denoiser) can grow")
-            if getattr(self, stage).loss != "l1":
-                raise ValueError(f"{stage}.loss: the diffusion stages train on the noise-prediction MSE; "
-                                 "only stage 1 takes a loss")
+        if self.stage1.residual_over != "clean":
+            raise ValueError("stage1.residual_over: only the diffusion stages have a residual target")
         return self
 
 
@@ -273,11 +278,9 @@ class StageTrainer:
                 criterion = torch.nn.functional.mse_loss if self.settings.loss == "mse" else torch.nn.functional.l1_loss
                 return criterion(self.model(degraded).float(), clean_lr)
             cond = self._condition(degraded, clean_lr)
-            # The residual is the true detail over the clean low-res frame, not over the
-            # imperfect condition: the condition's own errors are not learnable from it, and at
-            # inference the data-consistency projection pins the low frequencies to it anyway.
-            x0 = to_target(clean_hr, clean_lr, self.config.model.diffusion)
-            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0)
+            base = cond if self.settings.residual_over == "condition" else clean_lr
+            x0 = to_target(clean_hr, base, self.config.model.diffusion)
+            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0, self.settings.loss)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -292,11 +295,11 @@ class StageTrainer:
             on_device = (t.to(self.device) for t in (degraded, clean_lr))
             cond = self._condition(*on_device, torch.Generator().manual_seed(0))
             sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
-            def predict_noise(x, t):
+            def predict(x, t):
                 with self._autocast():
                     return model(x, cond, torch.full((x.shape[0],), t, device=self.device)).float()
 
-            x = sampler.sample(predict_noise, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
+            x = sampler.sample(predict, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
             sr = from_target(x, cond, self.config.model.diffusion).cpu().clamp(-1.5, 1.5)
             bicubic = upsample_condition(cond).cpu()
             result = {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr)}
