@@ -6,7 +6,8 @@ resolution against the ground truth of:
   bicubic             the condition upsampled, nothing added
   bicubic, projected  the same after the data-consistency projection alone (4x4 block means
                       set to the condition): what stage 2 gives if its detail is worth nothing
-  CLSR, 1 / mean of K the pipeline's x4 output (the preset sampler, consistency on)
+  CLSR, 1 / mean of K the pipeline's x4 output (the weights' preset sampling)
+  CLSR, 1 step        one DPM-Solver step from pure noise: a v model's estimate of the mean
   oracle              the ground truth projected onto the condition: the best any stage 2
                       that keeps the condition's block means can do
 
@@ -43,6 +44,7 @@ def x4_estimates(pipeline: Pipeline, condition: np.ndarray, hr: np.ndarray, samp
         "bicubic, projected": project_onto_low_res(bicubic, cond)[0, 0].numpy(),
         "CLSR, 1 sample": pipeline.run(condition, denoise=False).super_resolved,
         f"CLSR, mean of {samples}": pipeline.run(condition, denoise=False, samples=samples).super_resolved,
+        "CLSR, 1 step": pipeline.run(condition, denoise=False, sampler="dpmpp", steps=1).super_resolved,
         "oracle": project_onto_low_res(as_tensor(hr), cond)[0, 0].numpy(),
     }
 
@@ -73,7 +75,7 @@ def main() -> None:
 
     weights = pipeline.weights_provenance
     print(f"\nweights {weights.get('name')} (hash {weights.get('hash')}), {len(frames)} frames, "
-          f"{args.crop} px crops, preset sampler, consistency on")
+          f"{args.crop} px crops, preset {pipeline.recommended}")
     print("| condition | x4 method | PSNR (dB) | FRC (HR px) |\n|---|---|---|---|")
     for (condition_name, method), values in scores.items():
         psnr, frc = np.mean(values, axis=0)

@@ -266,7 +266,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
         values = {m: patch_fid(fid_weights, learned["ground_truth"], learned[m]) for m in METHODS}
         optional["FID"] = ", ".join(f"{METHODS[m]} {v[0]:.2f}" for m, v in values.items()) + (
             f" (lower is better; {values['super_resolved'][1]} patches of 64 px per set)")
-    resolved = {key: reports[0].run.get(key) for key in ("sampler", "steps", "eta")} if reports else {}
+    chosen = ("sampler", "steps", "eta", "data_consistency")  # as resolved from the weights' preset
+    resolved = {key: reports[0].run.get(key) for key in chosen} if reports else {}
     if reports:  # the tile batch actually used (None asks for the device's default)
         resolved["batch_size"] = reports[0].run["tiling"]["batch_size"]
     settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options, **resolved,
