@@ -213,8 +213,7 @@ class Pipeline:
 
         `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
         (denoised) low-res input: generated detail may add texture but cannot change the
-        input's resolution scale. None takes the weights' preset: a stage 2 trained to also
-        correct the denoiser's errors is better without it (see the model card).
+        input's resolution scale. None takes the weights' preset (on unless it says otherwise).
         """
         frame = prepare_frame(image)
         batch_size = self.auto_batch_size if batch_size is None else batch_size

@@ -85,7 +85,7 @@ class TrainConfig(_Strict):
     finetune: StageConfig = StageConfig(hr_crop=128, learning_rate=5e-5, iterations=2000)
 
     @model_validator(mode="after")
-    def _stage1_only_options(self):
+    def _options_fit_their_stage(self):
         for stage in ("stage2", "finetune"):
             if getattr(self, stage).grow_from:
                 raise ValueError(f"{stage}.grow_from: only stage 1 (the denoiser) can grow")
