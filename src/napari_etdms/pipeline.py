@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import ModelConfig, model_config
-from .diffusion import SAMPLERS, default_steps, make_sampler
+from .diffusion import DEFAULT_PRESET, SAMPLERS, default_steps, make_sampler
 from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import IntensityMap
 from .models import build_clsr, build_denoiser
@@ -180,11 +180,10 @@ class Pipeline:
 
     @property
     def recommended(self) -> dict:
-        """Default sampler, steps and data consistency: the weights' measured preset, else
-        DPM-Solver++ 20 with consistency on."""
+        """Default sampler, steps and data consistency: the weights' measured preset, filled in
+        from DEFAULT_PRESET (DPM-Solver++ 20, consistency on)."""
         preset = (self.weights.recommended if self.weights else {}) or {}
-        return {"sampler": preset.get("sampler", "dpmpp"), "steps": preset.get("steps", 20),
-                "data_consistency": preset.get("data_consistency", True)}
+        return {key: preset.get(key, default) for key, default in DEFAULT_PRESET.items()}
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]

@@ -1,6 +1,6 @@
-"""The diffusion recipe (eps prediction, linear betas) and its samplers."""
+"""The diffusion recipe (eps or v prediction, linear betas) and its samplers."""
 
-from .samplers import SAMPLERS, Sampler, default_steps, make_sampler
+from .samplers import DEFAULT_PRESET, SAMPLERS, Sampler, default_steps, make_sampler
 from .schedule import NoiseSchedule
 
-__all__ = ["NoiseSchedule", "SAMPLERS", "Sampler", "default_steps", "make_sampler"]
+__all__ = ["DEFAULT_PRESET", "NoiseSchedule", "SAMPLERS", "Sampler", "default_steps", "make_sampler"]

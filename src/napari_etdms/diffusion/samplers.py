@@ -19,6 +19,8 @@ import torch
 from ..config import DiffusionConfig
 
 SAMPLERS = ("dpmpp-sde", "dpmpp", "ddim", "ddpm")
+# Sampling of weights whose manifest names no preset (and the training config's default).
+DEFAULT_PRESET = {"sampler": "dpmpp", "steps": 20, "data_consistency": True}
 
 
 def default_steps(name: str, config: DiffusionConfig) -> int:

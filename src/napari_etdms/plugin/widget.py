@@ -20,7 +20,7 @@ from qtpy.QtCore import QSettings, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from .. import __version__
-from ..diffusion import SAMPLERS
+from ..diffusion import DEFAULT_PRESET, SAMPLERS
 from ..pipeline import Result
 from ..weights import DEFAULT_WEIGHTS, available
 from .geometry import pyramid_levels, region_geometry, upscaled_geometry
@@ -160,7 +160,7 @@ class ETDMSWidget(QWidget):
         if preset.get("sampler") in SAMPLERS:
             self.sampler.value = preset["sampler"]
             self.steps.value = int(preset.get("steps", self.steps.value))
-        self.data_consistency.value = bool(preset.get("data_consistency", True))
+        self.data_consistency.value = bool(preset.get("data_consistency", DEFAULT_PRESET["data_consistency"]))
 
     def _sampler_changed(self, name: str):
         from ..config import DiffusionConfig

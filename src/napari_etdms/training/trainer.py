@@ -22,7 +22,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from ..config import ModelConfig, _Strict, load_json
-from ..diffusion import SAMPLERS, NoiseSchedule, make_sampler
+from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule, make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
@@ -70,9 +70,9 @@ class StageConfig(_Strict):
 
 
 class SamplerPreset(_Strict):
-    sampler: Literal[SAMPLERS] = "dpmpp"
-    steps: int = Field(20, gt=0)
-    data_consistency: bool = True
+    sampler: Literal[SAMPLERS] = DEFAULT_PRESET["sampler"]
+    steps: int = Field(DEFAULT_PRESET["steps"], gt=0)
+    data_consistency: bool = DEFAULT_PRESET["data_consistency"]
 
 
 class TrainConfig(_Strict):
