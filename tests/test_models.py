@@ -54,6 +54,30 @@ def test_clsr_output_and_shape_checks():
         model(torch.randn(1, 1, 64, 64), torch.randn(1, 1, 32, 32), torch.tensor([1]))
 
 
+MEASURED = TINY.model_copy(update={"clsr": TINY.clsr.model_copy(update={"measured_input": True})})
+
+
+def test_clsr_with_the_measured_input_grows_from_one_without_it_then_learns_to_use_it():
+    torch.manual_seed(0)
+    plain, grown = build_clsr(TINY).eval(), build_clsr(MEASURED).eval()
+    grown.grow_from(plain.state_dict())
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 90])
+    restored, measured = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    condition = grown.condition(restored, measured)
+    assert torch.equal(condition[:, 1:], measured) and plain.condition(restored, measured) is restored
+    assert torch.allclose(grown(x, condition, t), plain(x, restored, t), atol=1e-6)  # starts as the same function
+    grown(x, condition, t).square().mean().backward()
+    assert grown.measured_in.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="2 channel"):
+        grown(x, restored, t)
+    with pytest.raises(ValueError, match="1 channel"):
+        plain(x, condition, t)
+    with pytest.raises(ValueError, match="does not fit this CLSR"):
+        plain.grow_from(grown.state_dict())  # a branch with no place here
+    with pytest.raises(ValueError, match="does not fit this CLSR"):
+        build_clsr(MEASURED).grow_from({k: v for k, v in plain.state_dict().items() if k != "conv_out.bias"})
+
+
 def test_clsr_shares_encoder_weights_between_branches():
     model = build_clsr(TINY)
     names = [n for n, _ in model.named_modules()]

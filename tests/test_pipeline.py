@@ -95,6 +95,25 @@ def test_samples_give_mean_std_and_data_consistency(tiny_pipeline):
     assert three.metadata["samples"] == 3
 
 
+def test_a_clsr_with_the_measured_input_sees_the_stage1_output_and_the_input_frame():
+    import torch
+
+    from napari_etdms.intensity import IntensityMap
+    from napari_etdms.pipeline import SIGNAL_SMOOTHING
+
+    measured = TINY.model_copy(update={"clsr": TINY.clsr.model_copy(update={"measured_input": True})})
+    pipeline = Pipeline.from_config(measured, device="cpu", precision="float32")
+    conditions = []
+    forward = pipeline.clsr.forward
+    pipeline.clsr.forward = lambda x, cond, t: (conditions.append(cond), forward(x, cond, t))[1]
+    frame = sem_like((32, 32))
+    result = pipeline.run(frame, sampler="ddim", steps=2, tile=32, overlap=0)
+    mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+    assert len(conditions) == 2 and conditions[0].shape == (1, 2, 32, 32)
+    assert torch.allclose(conditions[0][0, 0], torch.from_numpy(mapping.forward(result.denoised)), atol=1e-5)
+    assert torch.allclose(conditions[0][0, 1], torch.from_numpy(mapping.forward(frame)), atol=1e-6)
+
+
 def test_data_consistency_is_high_for_an_oracle(oracle_pipeline):
     frame = sem_like((32, 48), np.float32)
     result = oracle_pipeline.run(frame, denoise=False, **FAST)

@@ -177,6 +177,35 @@ def test_stage1_can_grow_from_a_shallower_trained_denoiser(pool, tmp_path):
     assert torch.allclose(StageTrainer(from_export, "stage1", tmp_path / "e", "cpu").net(x), shallow(x), atol=1e-6)
 
 
+def test_finetune_grows_the_measured_input_from_another_run_s_clsr(pool, tmp_path):
+    from napari_etdms.cli import main
+    from napari_etdms.models import build_clsr
+
+    config = tiny_train_config(pool, iterations=2)
+    for stage in ("stage1", "stage2"):
+        StageTrainer(config, stage, tmp_path / "base").train(show_progress=False)
+    source = tmp_path / "base" / "stage2" / "checkpoint.pt"
+    measured = config.model.model_copy(update={"clsr": config.model.clsr.model_copy(update={"measured_input": True})})
+    grown = config.model_copy(update={
+        "model": measured, "finetune": config.finetune.model_copy(update={"grow_from": str(source)}),
+    })
+    trainer = StageTrainer(grown, "finetune", tmp_path / "base")  # stage 1 of base conditions it
+    plain = build_clsr(config.model)
+    plain.load_state_dict(torch.load(source, weights_only=True)["ema"]["module"])
+    x, cond, t = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 8, 8), torch.tensor([7])
+    assert torch.allclose(trainer.net(x, trainer.net.condition(cond, cond), t), plain(x, cond, t), atol=1e-6)
+
+    path = tmp_path / "grown.json"
+    path.write_text(grown.model_dump_json())
+    run = tmp_path / "grown"
+    assert main(["train", "-c", str(path), "-s", "0", "--run-dir", str(run)]) == 0
+    assert not (run / "stage2").exists()  # the fine-tune started from the other run, not this run's stage 2
+    state = torch.load(run / "finetune" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 2 and "measured_in.weight" in state["ema"]["module"]
+    log = [json.loads(line) for line in (run / "finetune" / "log.jsonl").read_text().splitlines()]
+    assert any(np.isfinite(rec["validation"]["psnr"]) for rec in log if "validation" in rec)
+
+
 def test_stage1_loss_is_selectable(pool, tmp_path):
     config = tiny_train_config(pool)
     batch = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))

@@ -225,6 +225,8 @@ def cmd_train(args) -> int:
     run_dir = args.run_dir or Path("runs") / config.name
     device = str(select_device(args.device))
     stages = {1: ["stage1"], 2: ["stage2"], 0: ["stage1", "stage2", "finetune"]}[args.stage]
+    if args.stage == 0 and config.finetune.grow_from:
+        stages.remove("stage2")  # the fine-tune starts from its grow_from, not from this run's stage 2
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     for stage in stages:
         remaining = (deadline - time.monotonic()) / 60 if deadline else None

@@ -48,6 +48,9 @@ class CLSRConfig(_Strict):
     inner_channels: int = Field(32, gt=0)
     channel_multiplier: int = Field(4, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # Condition on the measured low-res frame as well as the stage-1 output (the paper: the
+    # stage-1 output only), so stage 2 can recover detail the denoiser removed.
+    measured_input: bool = False
 
     @model_validator(mode="after")
     def _even(self):
@@ -56,7 +59,7 @@ class CLSRConfig(_Strict):
         return self
 
     def size(self) -> CLSRSize:
-        return CLSRSize(self.inner_channels, self.channel_multiplier, self.dropout)
+        return CLSRSize(self.inner_channels, self.channel_multiplier, self.dropout, self.measured_input)
 
 
 class DiffusionConfig(_Strict):

@@ -279,7 +279,8 @@ class Pipeline:
             stage_name = "super-resolve"
             started = time.perf_counter()
             draws = [
-                self._super_resolve(cond, grid, sampler, steps, eta, seed + k, batch_size, data_consistency, tick)
+                self._super_resolve(cond, low_res, grid, sampler, steps, eta, seed + k, batch_size, data_consistency,
+                                    tick)
                 for k in range(samples)
             ]
             timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
@@ -331,7 +332,8 @@ class Pipeline:
         return blend_tiles(run_tiles, [(low_res, 1)], grid, 1, batch_size, tick)
 
     @torch.no_grad()
-    def _super_resolve(self, cond, grid, sampler_name, steps, eta, seed, batch_size, consistent, tick) -> torch.Tensor:
+    def _super_resolve(self, cond, measured, grid, sampler_name, steps, eta, seed, batch_size, consistent,
+                       tick) -> torch.Tensor:
         diffusion = self.config.diffusion
         sampler = make_sampler(sampler_name, diffusion, steps, eta)
 
@@ -340,7 +342,7 @@ class Pipeline:
 
         shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
         generator = torch.Generator().manual_seed(seed)
-        predict = self._model_predictor(cond, grid, batch_size, tick)
+        predict = self._model_predictor(self.clsr.condition(cond, measured), grid, batch_size, tick)
         x = sampler.sample(predict, shape, generator, project if consistent else None)
         return from_target(x, cond, diffusion)
 

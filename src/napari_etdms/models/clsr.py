@@ -3,6 +3,11 @@
 The same encoder weights run on the noisy high-res state x_t (with the step embedding)
 and on the low-res condition c (without it); condition features are fused into x twice
 and attended to twice at 1/4 resolution; the decoder has no skip connections.
+
+With `measured_input`, the condition has a second channel, the measured (noisy) low-res
+frame, added to the condition's first features through its own zero-initialised
+convolution: stage 2 may then recover what the denoiser smoothed away, and a model
+grown from one without it starts out computing the same function.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class CLSRSize:
     inner_channels: int = 32
     channel_multiplier: int = 12
     dropout: float = 0.0
+    measured_input: bool = False
 
     @property
     def base_channels(self) -> int:
@@ -86,6 +92,11 @@ class CLSR(nn.Module):
         self.emb_dim = emb
         self.step_mlp = nn.Sequential(nn.Linear(emb, 4 * emb), nn.SiLU(), nn.Linear(4 * emb, emb))
         self.conv_in = nn.Conv2d(1, c0, 3, padding=1)
+        self.condition_channels = 2 if size.measured_input else 1
+        if size.measured_input:
+            self.measured_in = nn.Conv2d(1, c0, 3, padding=1)
+            nn.init.zeros_(self.measured_in.weight)
+            nn.init.zeros_(self.measured_in.bias)
         self.enc0 = ResBlock(c0, emb, size.dropout)
         self.fuse0 = nn.Conv2d(c0, c0, 3, padding=1)
         self.enc1 = ResBlock(c1, emb, size.dropout)
@@ -97,8 +108,22 @@ class CLSR(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(c0), c0)
         self.conv_out = nn.Conv2d(c0, 1, 3, padding=1)
 
-    @staticmethod
-    def check_shapes(x_t: torch.Tensor, cond: torch.Tensor) -> None:
+    def grow_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from trained CLSR weights of the same size, with or without the measured input;
+        a branch the source lacks stays zero, so the result computes what the source did."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        unplaced = unexpected + [name for name in missing if not name.startswith("measured_in.")]
+        if unplaced:
+            raise ValueError(f"cannot grow from these weights: '{unplaced[0]}' does not fit this CLSR "
+                             "(only the measured input may be added)")
+
+    def condition(self, restored: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """The condition this model takes from the stage-1 output and the measured frame."""
+        return torch.cat([restored, measured], dim=1) if self.condition_channels == 2 else restored
+
+    def check_shapes(self, x_t: torch.Tensor, cond: torch.Tensor) -> None:
+        if cond.shape[1] != self.condition_channels:
+            raise ValueError(f"CLSR expects a condition of {self.condition_channels} channel(s), got {cond.shape[1]}")
         lh, lw = cond.shape[-2:]
         if lh % 4 or lw % 4:
             raise ValueError(f"CLSR low-res sides must be divisible by 4, got {lh}x{lw}")
@@ -111,7 +136,10 @@ class CLSR(nn.Module):
         unshuffle = F.pixel_unshuffle
 
         x = self.enc0(self.conv_in(x_t), emb)
-        c = self.enc0(self.conv_in(cond), None)
+        c = self.conv_in(cond[:, :1])
+        if self.condition_channels == 2:
+            c = c + self.measured_in(cond[:, 1:])
+        c = self.enc0(c, None)
         x = x + self.fuse0(F.interpolate(c, scale_factor=SCALE, mode="nearest"))
         x, c = unshuffle(x, 2), unshuffle(c, 2)
 

@@ -58,7 +58,9 @@ class StageConfig(_Strict):
     workers: int = Field(0, ge=0)
     # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
     max_target_noise: float | None = Field(None, gt=0)
-    # stage 1 only: start from this checkpoint of a denoiser with fewer groups (same width)
+    # start from a checkpoint (or an exported .pt) that this stage's network grows from.
+    # stage 1: a denoiser with fewer groups (same width); fine-tune: a CLSR, e.g. another run's
+    # fine-tune, instead of this run's stage 2 (one without the measured input gains it)
     grow_from: str | None = None
     # "mse" trains for the posterior mean (what PSNR rewards), "l1" (the paper) for the median;
     # in the diffusion stages it compares the predicted eps or v
@@ -86,9 +88,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _options_fit_their_stage(self):
-        for stage in ("stage2", "finetune"):
-            if getattr(self, stage).grow_from:
-                raise ValueError(f"{stage}.grow_from: only stage 1 (the denoiser) can grow")
+        if self.stage2.grow_from:
+            raise ValueError("stage2.grow_from: only stage 1 and the fine-tune can grow")
         if self.stage1.residual_over != "clean":
             raise ValueError("stage1.residual_over: only the diffusion stages have a residual target")
         return self
@@ -99,8 +100,10 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     base = Path(path).resolve().parent
     beside_config = lambda p: str(p if Path(p).is_absolute() else (base / p).resolve())  # noqa: E731
     update = {"data": config.data.model_copy(update={"inputs": [beside_config(p) for p in config.data.inputs]})}
-    if config.stage1.grow_from:
-        update["stage1"] = config.stage1.model_copy(update={"grow_from": beside_config(config.stage1.grow_from)})
+    for stage in ("stage1", "finetune"):
+        settings = getattr(config, stage)
+        if settings.grow_from:
+            update[stage] = settings.model_copy(update={"grow_from": beside_config(settings.grow_from)})
     return config.model_copy(update=update)
 
 
@@ -159,18 +162,17 @@ class StageTrainer:
             torch.set_num_threads(self.settings.threads)
         self.schedule = NoiseSchedule(config.model.diffusion)
         self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
-        if self.settings.grow_from and not self.checkpoint_path.is_file():
+        growing = self.settings.grow_from and not self.checkpoint_path.is_file()
+        if growing:
             source = torch.load(self.settings.grow_from, map_location=self.device, weights_only=True)
-            # a training checkpoint (its EMA weights) or an exported denoiser.pt (a bare state dict)
+            # a training checkpoint (its EMA weights) or an exported .pt (a bare state dict)
             self.net.grow_from(source["ema"]["module"] if "ema" in source else source)
         self.ema = EMA(self.net, self.settings.ema_decay)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
         self.iteration = 0
         self.conditioner = self._stage1_model() if stage == "finetune" else None
-        if stage == "finetune" and not self._resume():
+        if not self._resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
-        elif stage != "finetune":
-            self._resume()
         self.model = self.net
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -280,7 +282,8 @@ class StageTrainer:
             cond = self._condition(degraded, clean_lr)
             base = cond if self.settings.residual_over == "condition" else clean_lr
             x0 = to_target(clean_hr, base, self.config.model.diffusion)
-            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, cond, t), x0, self.settings.loss)
+            model_cond = self.net.condition(cond, degraded)
+            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, model_cond, t), x0, self.settings.loss)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -292,12 +295,13 @@ class StageTrainer:
             result = {"psnr": psnr(clean_lr, restored), "ssim": ssim(clean_lr, restored)}
             result |= {"psnr_input": psnr(clean_lr, degraded), "ssim_input": ssim(clean_lr, degraded)}
         else:
-            on_device = (t.to(self.device) for t in (degraded, clean_lr))
-            cond = self._condition(*on_device, torch.Generator().manual_seed(0))
+            degraded, clean_lr = (t.to(self.device) for t in (degraded, clean_lr))
+            cond = self._condition(degraded, clean_lr, torch.Generator().manual_seed(0))
+            model_cond = model.condition(cond, degraded)
             sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
             def predict(x, t):
                 with self._autocast():
-                    return model(x, cond, torch.full((x.shape[0],), t, device=self.device)).float()
+                    return model(x, model_cond, torch.full((x.shape[0],), t, device=self.device)).float()
 
             x = sampler.sample(predict, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
             sr = from_target(x, cond, self.config.model.diffusion).cpu().clamp(-1.5, 1.5)
