@@ -62,6 +62,9 @@ def main() -> None:
 
     frames = [Path(row["path"]) for row in json.loads(args.split.read_text())["validation"]]
     pipeline = Pipeline.from_pretrained(args.weights)
+    if pipeline.clsr.condition_channels != 1:
+        parser.error("these weights' stage 2 also takes the measured frame, which this benchmark's conditions "
+                     "(clean low-res, stage-1 output) lack: compare them with `etdms eval`")
     scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for i, path in enumerate(frames):
         clean = centre_crop(load_normalised(path), args.crop).astype(np.float64)
