@@ -77,6 +77,25 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     assert "| ETDMS (stage 1 + CLSR) |" in report
     assert '"sampler": "ddim"' in report and '"steps": 2' in report  # the preset it resolved to, not null
     assert '"batch_size": 1' in report  # the CPU's default tile batch
+    assert '"degradation": "shipped"' in report
+
+    light = tmp_path / "light"
+    assert main([*args[:args.index("-o") + 1], str(light), *args[args.index("-w"):],
+                 "--degradation", '{"electrons": [1e6, 1e6]}']) == 0
+    settings_line = next(line for line in (light / "report.md").read_text().splitlines() if "Settings" in line)
+    assert '"degradation": {"electrons": [1000000.0, 1000000.0]}' in settings_line
+    noisy, quiet = (json.loads((o / "summary.json").read_text())["summary"]["extra"]["degraded_psnr_lr"]
+                    for o in (out, light))
+    assert quiet > noisy + 5  # the dose reached the simulator
+
+    raw = tmp_path / "raw"  # without stage 1: no stage-1 rows, and the CLSR row says what it ran on
+    assert main([*args[:args.index("-o") + 1], str(raw), *args[args.index("-w"):], "--no-denoise"]) == 0
+    rows = {line.split(" | ")[0] for line in (raw / "report.md").read_text().splitlines() if line.startswith("| ")}
+    assert rows == {"| method", "| bicubic of degraded", "| ETDMS (CLSR on the raw frame)"}
+    assert {p.name for p in raw.iterdir()} == {"report.md", "metrics.csv", "summary.json", "crops.png", "metrics.png"}
+
+    assert main([*args, "--degradation", '{"electrons": [3, 100], "eletrons": 1}']) == 1
+    assert "unknown key 'eletrons'" in capsys.readouterr().err
 
 
 def test_degrade_command_writes_examples(clean_frames, tmp_path):
@@ -86,3 +105,14 @@ def test_degrade_command_writes_examples(clean_frames, tmp_path):
     assert names == ["clean0_0_clean_lr.tif", "clean0_0_degraded_lr.tif", "clean0_1_clean_lr.tif",
                      "clean0_1_degraded_lr.tif", "clean0_clean_hr.tif"]
     assert tifffile.imread(out / "clean0_0_degraded_lr.tif").shape == (16, 16)
+
+    # nothing but area sampling and an 8-bit scale: the degraded frame is the clean low-res one
+    settings = tmp_path / "ideal.json"
+    settings.write_text(json.dumps({
+        "p_blur": 0, "p_drift": 0, "p_jitter": 0, "p_contrast": 0, "p_charging": 0, "p_clip": 0,
+        "sampling_modes": {"area": 1}, "electrons": [1e9, 1e9], "read_sigma": [0, 0], "row_offset": 0,
+    }))
+    ideal = tmp_path / "ideal"
+    assert main(["degrade", str(clean_frames[0]), "-o", str(ideal), "--count", "1", "--degradation", str(settings)]) == 0
+    degraded, clean_lr = (tifffile.imread(ideal / f"clean0_0_{label}.tif") for label in ("degraded_lr", "clean_lr"))
+    assert np.abs(degraded - clean_lr).max() <= 0.5 / 255 * np.ptp(clean_lr) + 1e-6

@@ -22,6 +22,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _add_degradation_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--degradation", metavar="JSON",
+                   help="degradation settings replacing the shipped ones, as a JSON file or inline, e.g. "
+                   "'{\"electrons\": [300, 300]}' for a fixed dose of 300 electrons per pixel at white level")
+
+
+def _degradation(value: str | None):
+    from .config import ConfigError, load_json, parse
+    from .training.degrade import DegradationConfig
+
+    if value is None:
+        return DegradationConfig()
+    if not value.lstrip().startswith("{"):
+        return load_json(value, DegradationConfig)
+    try:
+        settings = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--degradation: not valid JSON ({err})") from None
+    return parse(DegradationConfig, settings, "--degradation")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from .diffusion import SAMPLERS
 
@@ -98,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fid-weights", type=Path,
                     help="feature extractor (e.g. InceptionV3) as TorchScript (.pt) or torch.export (.pt2): "
                     "(N, 3, h, w) images in [0, 1] -> (N, D) features")
+    _add_degradation_option(ev)
     _add_run_options(ev)
 
     deg = sub.add_parser("degrade", help="write simulated SEM degradations of clean frames, to look at")
@@ -106,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     deg.add_argument("--count", type=int, default=3, help="random degradations per frame")
     deg.add_argument("--crop", type=int, default=512, help="central crop, high-res px (0: whole frame)")
     deg.add_argument("--seed", type=int, default=0)
+    _add_degradation_option(deg)
     return parser
 
 
@@ -261,10 +284,11 @@ def cmd_eval(args) -> int:
     if not files:
         print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
         return EXIT_USAGE
+    degradation = _degradation(args.degradation)
     pipeline = Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
     bar, update = _progress_bar("eval")
     try:
-        run_evaluation(pipeline, files, args.output, args.seed, args.crop or None,
+        run_evaluation(pipeline, files, args.output, args.seed, args.crop or None, degradation,
                        run_options=_run_options(args), lpips_weights=args.lpips_weights,
                        fid_weights=args.fid_weights, progress=update)
     finally:
@@ -282,12 +306,13 @@ def cmd_degrade(args) -> int:
     from .training.degrade import degrade
 
     files = iter_image_files(args.inputs)
+    degradation = _degradation(args.degradation)
     rng = np.random.default_rng(args.seed)
     for path in files:
         clean = centre_crop(load_normalised(path), args.crop or None).astype(np.float64)
-        provenance = {"source": str(path), "seed": args.seed}
+        provenance = {"source": str(path), "seed": args.seed, "degradation": degradation.model_dump(mode="json")}
         for k in range(args.count):
-            degraded, clean_lr, hr = degrade(clean, rng)
+            degraded, clean_lr, hr = degrade(clean, rng, degradation)
             if k == 0:  # the same clean high-res frame for every draw
                 write_tiff(args.output / f"{path.stem}_clean_hr.tif", hr, None, provenance)
             for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr)):

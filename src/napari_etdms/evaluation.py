@@ -62,23 +62,31 @@ def evaluate_frame(pipeline, clean_hr: np.ndarray, name: str, seed: int, degrada
     result = pipeline.run(degraded, seed=seed, **run_options)
     images = {"degraded": degraded, "clean_lr": clean_lr, "ground_truth": hr}
     metrics = {}
-    for field_name in METHODS:
-        images[field_name] = getattr(result, field_name)
-        metrics[field_name] = score(hr, images[field_name])
-    extra = {
-        "consistency_psnr": result.consistency_psnr,
-        "denoise_psnr_lr": matched_psnr(clean_lr, result.denoised),
-        "degraded_psnr_lr": matched_psnr(clean_lr, degraded),
-        "seconds": sum(result.metadata["timings"].values()),
-    }
+    for field_name in METHODS:  # those the run made: --no-denoise has no stage-1 rows
+        if getattr(result, field_name) is not None:
+            images[field_name] = getattr(result, field_name)
+            metrics[field_name] = score(hr, images[field_name])
+    extra = {"degraded_psnr_lr": matched_psnr(clean_lr, degraded), "seconds": sum(result.metadata["timings"].values())}
+    if result.denoised is not None:
+        extra["denoise_psnr_lr"] = matched_psnr(clean_lr, result.denoised)
+    if result.consistency_psnr is not None:
+        extra["consistency_psnr"] = result.consistency_psnr
     if result.std is not None:
         extra["seed_std_mean"] = float(np.mean(result.std) / max(np.ptp(result.super_resolved), 1e-12))
     return FrameReport(name, metrics, extra, result.metadata), images
 
 
+def method_labels(summary: dict) -> dict[str, str]:
+    """The evaluated methods' names; without stage 1 the CLSR ran on the raw frame."""
+    labels = {m: label for m, label in METHODS.items() if m in summary}
+    if "super_resolved" in labels and "bicubic_denoised" not in labels:
+        labels["super_resolved"] = "ETDMS (CLSR on the raw frame)"
+    return labels
+
+
 def summarise(reports: list[FrameReport]) -> dict[str, dict[str, float]]:
     summary = {}
-    for method in METHODS:
+    for method in reports[0].metrics:
         keys = reports[0].metrics[method]
         summary[method] = {k: float(np.mean([r.metrics[method][k] for r in reports])) for k in keys}
     extra_keys = reports[0].extra
@@ -98,13 +106,20 @@ def write_reports(out_dir: Path, reports: list[FrameReport], summary: dict, sett
     (out_dir / "summary.json").write_text(json.dumps({"summary": summary, "settings": settings}, indent=2))
     lines = ["# ETDMS evaluation", "", f"Frames: {len(reports)}. Settings: `{json.dumps(settings)}`", "",
              "| method | PSNR (dB) | SSIM | NRMSE | FRC resolution (HR px) |", "|---|---|---|---|---|"]
-    for method, label in METHODS.items():
+    for method, label in method_labels(summary).items():
         m = summary[method]
         lines.append(f"| {label} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['nrmse']:.4f} | {m['frc_px']:.2f} |")
     extra = summary["extra"]
-    lines += ["", f"- Stage 1 on the low-res grid: {extra['degraded_psnr_lr']:.2f} dB degraded -> "
-              f"{extra['denoise_psnr_lr']:.2f} dB denoised (vs clean low-res).",
-              f"- Data consistency (x4 output averaged 4x4 vs denoised input): {extra['consistency_psnr']:.1f} dB."]
+    lines.append("")
+    if "denoise_psnr_lr" in extra:
+        lines.append(f"- Stage 1 on the low-res grid: {extra['degraded_psnr_lr']:.2f} dB degraded -> "
+                     f"{extra['denoise_psnr_lr']:.2f} dB denoised (vs clean low-res).")
+    else:
+        lines.append(f"- No stage 1: the degraded low-res input scores {extra['degraded_psnr_lr']:.2f} dB "
+                     "(vs clean low-res).")
+    if "consistency_psnr" in extra:
+        lines.append(f"- Data consistency (x4 output averaged 4x4 vs its low-res input): "
+                     f"{extra['consistency_psnr']:.1f} dB.")
     if "seed_std_mean" in extra:
         lines.append(f"- Mean seed standard deviation: {extra['seed_std_mean']:.4f} of the output range.")
     for metric, status in optional_metrics.items():
@@ -125,9 +140,9 @@ def crop_grid_figure(path: Path, examples: list[tuple[str, dict[str, np.ndarray]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("degraded", "degraded input"), ("bicubic_input", "bicubic x4"),
-               ("bicubic_denoised", "denoised + bicubic"),
-               ("super_resolved", "ETDMS x4"), ("ground_truth", "ground truth")]
+    columns = [(key, title) for key, title in (
+        ("degraded", "degraded input"), ("bicubic_input", "bicubic x4"), ("bicubic_denoised", "denoised + bicubic"),
+        ("super_resolved", "ETDMS x4"), ("ground_truth", "ground truth")) if key in examples[0][1]]
     fig, axes = plt.subplots(len(examples), len(columns), figsize=(2.6 * len(columns), 2.7 * len(examples)),
                              squeeze=False)
     for row, (name, images) in enumerate(examples):
@@ -159,12 +174,12 @@ def metric_bars_figure(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    labels = [METHODS[m] for m in METHODS]
+    labels = method_labels(summary)
     for ax, (key, title) in zip(axes, [("psnr", "PSNR (dB, higher better)"), ("ssim", "SSIM (higher better)"),
                                         ("frc_px", "FRC resolution (HR px, lower better)")]):
-        values = [summary[m][key] for m in METHODS]
+        values = [summary[m][key] for m in labels]
         ax.bar(range(len(values)), values, color=["#999999", "#6a8caf", "#d0743c"])
-        ax.set_xticks(range(len(values)), labels, rotation=15, fontsize=8)
+        ax.set_xticks(range(len(values)), list(labels.values()), rotation=15, fontsize=8)
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:.2f}" if key != "ssim" else f"{v:.3f}", ha="center", va="bottom", fontsize=8)
@@ -251,27 +266,29 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
         if progress:
             progress(i + 1, len(frames), path.name)
         if lpips_weights or fid_weights:
-            for method in METHODS:
+            for method in report.metrics:
                 learned.setdefault(method, []).append(images[method])
             learned.setdefault("ground_truth", []).append(images["ground_truth"])
     summary = summarise(reports)
+    labels = method_labels(summary)
     optional = {
         "LPIPS": "skipped: no weights (give --lpips-weights: a TorchScript .pt or torch.export .pt2 LPIPS network)",
         "FID": "skipped: no weights (give --fid-weights: a .pt or .pt2 feature extractor such as InceptionV3)",
     }
     if lpips_weights:
-        values = {m: lpips_distance(lpips_weights, learned["ground_truth"], learned[m]) for m in METHODS}
-        optional["LPIPS"] = ", ".join(f"{METHODS[m]} {v:.4f}" for m, v in values.items()) + " (lower is better)"
+        values = {m: lpips_distance(lpips_weights, learned["ground_truth"], learned[m]) for m in labels}
+        optional["LPIPS"] = ", ".join(f"{labels[m]} {v:.4f}" for m, v in values.items()) + " (lower is better)"
     if fid_weights:
-        values = {m: patch_fid(fid_weights, learned["ground_truth"], learned[m]) for m in METHODS}
-        optional["FID"] = ", ".join(f"{METHODS[m]} {v[0]:.2f}" for m, v in values.items()) + (
-            f" (lower is better; {values['super_resolved'][1]} patches of 64 px per set)")
+        values = {m: patch_fid(fid_weights, learned["ground_truth"], learned[m]) for m in labels}
+        optional["FID"] = ", ".join(f"{labels[m]} {v[0]:.2f}" for m, v in values.items()) + (
+            f" (lower is better; {next(iter(values.values()))[1]} patches of 64 px per set)")
     chosen = ("sampler", "steps", "eta", "data_consistency")  # as resolved from the weights' preset
     resolved = {key: reports[0].run.get(key) for key in chosen} if reports else {}
     if reports:  # the tile batch actually used (None asks for the device's default)
         resolved["batch_size"] = reports[0].run["tiling"]["batch_size"]
     settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options, **resolved,
-                "weights": pipeline.weights_provenance.get("name")}
+                "weights": pipeline.weights_provenance.get("name"),
+                "degradation": degradation.model_dump(mode="json", exclude_defaults=True) or "shipped"}
     write_reports(out_dir, reports, summary, settings, optional)
     crop_grid_figure(out_dir / "crops.png", examples)
     metric_bars_figure(out_dir / "metrics.png", summary)
