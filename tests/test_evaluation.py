@@ -113,6 +113,7 @@ def test_degrade_command_writes_examples(clean_frames, tmp_path):
         "sampling_modes": {"area": 1}, "electrons": [1e9, 1e9], "read_sigma": [0, 0], "row_offset": 0,
     }))
     ideal = tmp_path / "ideal"
-    assert main(["degrade", str(clean_frames[0]), "-o", str(ideal), "--count", "1", "--degradation", str(settings)]) == 0
+    command = ["degrade", str(clean_frames[0]), "-o", str(ideal), "--count", "1", "--degradation", str(settings)]
+    assert main(command) == 0
     degraded, clean_lr = (tifffile.imread(ideal / f"clean0_0_{label}.tif") for label in ("degraded_lr", "clean_lr"))
     assert np.abs(degraded - clean_lr).max() <= 0.5 / 255 * np.ptp(clean_lr) + 1e-6
