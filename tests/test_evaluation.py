@@ -93,6 +93,10 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     rows = {line.split(" | ")[0] for line in (raw / "report.md").read_text().splitlines() if line.startswith("| ")}
     assert rows == {"| method", "| bicubic of degraded", "| ETDMS (CLSR on the raw frame)"}
     assert {p.name for p in raw.iterdir()} == {"report.md", "metrics.csv", "summary.json", "crops.png", "metrics.png"}
+    denoised_only = tmp_path / "denoised-only"  # --no-sr: the baselines and the stage-1 row
+    assert main([*args[:args.index("-o") + 1], str(denoised_only), *args[args.index("-w"):], "--no-sr"]) == 0
+    report = (denoised_only / "report.md").read_text()
+    assert "| stage 1 + bicubic |" in report and "| ETDMS" not in report and "Data consistency" not in report
 
     assert main([*args, "--degradation", '{"electrons": [3, 100], "eletrons": 1}']) == 1
     assert "unknown key 'eletrons'" in capsys.readouterr().err

@@ -172,8 +172,7 @@ def _infer_files(args, files: list[Path]) -> int:
                 raise ValueError(f"output {clash[0]} would overwrite an input; choose another --output folder")
             bar, update = _progress_bar(path.name)
             try:
-                result = pipeline.run(frame.data, super_resolve=not args.no_sr, seed=args.seed, progress=update,
-                                      **_run_options(args))
+                result = pipeline.run(frame.data, seed=args.seed, progress=update, **_run_options(args))
             finally:
                 bar.close()
             provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
@@ -268,9 +267,9 @@ def cmd_train(args) -> int:
 
 
 def _run_options(args) -> dict:
-    return dict(denoise=not args.no_denoise, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                samples=args.samples, data_consistency=args.consistency, tile=args.tile, overlap=args.overlap,
-                batch_size=args.batch_size)
+    return dict(denoise=not args.no_denoise, super_resolve=not args.no_sr, sampler=args.sampler, steps=args.steps,
+                eta=args.eta, samples=args.samples, data_consistency=args.consistency, tile=args.tile,
+                overlap=args.overlap, batch_size=args.batch_size)
 
 
 def cmd_eval(args) -> int:
