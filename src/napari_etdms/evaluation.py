@@ -27,6 +27,8 @@ METHODS = {
     "super_resolved": "ETDMS (stage 1 + CLSR)",
 }
 
+METHOD_COLOURS = {"bicubic_input": "#999999", "bicubic_denoised": "#6a8caf", "super_resolved": "#d0743c"}
+
 
 @dataclass
 class FrameReport:
@@ -63,9 +65,10 @@ def evaluate_frame(pipeline, clean_hr: np.ndarray, name: str, seed: int, degrada
     images = {"degraded": degraded, "clean_lr": clean_lr, "ground_truth": hr}
     metrics = {}
     for field_name in METHODS:  # those the run made: --no-denoise has no stage-1 rows
-        if getattr(result, field_name) is not None:
-            images[field_name] = getattr(result, field_name)
-            metrics[field_name] = score(hr, images[field_name])
+        image = getattr(result, field_name)
+        if image is not None:
+            images[field_name] = image
+            metrics[field_name] = score(hr, image)
     extra = {"degraded_psnr_lr": matched_psnr(clean_lr, degraded), "seconds": sum(result.metadata["timings"].values())}
     if result.denoised is not None:
         extra["denoise_psnr_lr"] = matched_psnr(clean_lr, result.denoised)
@@ -178,7 +181,7 @@ def metric_bars_figure(path: Path, summary: dict) -> None:
     for ax, (key, title) in zip(axes, [("psnr", "PSNR (dB, higher better)"), ("ssim", "SSIM (higher better)"),
                                         ("frc_px", "FRC resolution (HR px, lower better)")]):
         values = [summary[m][key] for m in labels]
-        ax.bar(range(len(values)), values, color=["#999999", "#6a8caf", "#d0743c"])
+        ax.bar(range(len(values)), values, color=[METHOD_COLOURS[m] for m in labels])
         ax.set_xticks(range(len(values)), list(labels.values()), rotation=15, fontsize=8)
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(values):
