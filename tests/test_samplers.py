@@ -41,6 +41,23 @@ def test_stochastic_samplers_draw_seeded_noise_at_every_step(name, eta, stochast
     assert torch.equal(run(0), run(1)) != stochastic
 
 
+@pytest.mark.parametrize("name, steps", [("dpmpp", 1), ("dpmpp", 10), ("dpmpp-sde", 10), ("ddim", 12)])
+def test_one_sampler_draws_many_chains(name, steps):
+    """A second `sample` call must not resume the first chain's solver state."""
+    config = DiffusionConfig(num_train_timesteps=100)
+
+    def predict(x, t):
+        return 0.5 * x
+
+    def draw(sampler):
+        return sampler.sample(predict, (1, 1, 4, 4), torch.Generator().manual_seed(3))
+
+    reused = make_sampler(name, config, steps)
+    first, second = draw(reused), draw(reused)
+    assert torch.equal(first, draw(make_sampler(name, config, steps)))
+    assert torch.equal(second, first)
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("loss", ["l1", "mse"])
 def test_training_loss_is_zero_for_an_oracle(prediction, loss):

@@ -62,7 +62,9 @@ class Sampler:
         return torch.randn(shape, generator=generator) * float(self._scheduler.init_noise_sigma)
 
     def sample(self, predict, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
-        """Run the whole chain from pure noise: `predict(x_t, t)` gives the network's output."""
+        """Run the whole chain from pure noise: `predict(x_t, t)` gives the network's output.
+        Each call starts the solver afresh (its multistep memory), so one sampler can draw many."""
+        self._scheduler.set_timesteps(self.steps)
         x = self.initial_noise(shape, generator)
         if device is not None:
             x = x.to(device)
@@ -86,7 +88,7 @@ def make_sampler(
     steps: int | None = None,
     eta: float = 0.0,
 ) -> Sampler:
-    """Build a fresh sampler (samplers carry state: make one per image and per sample)."""
+    """Build a sampler; it carries solver state from step to step, and `sample` resets it."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if name not in SAMPLERS:
