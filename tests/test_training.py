@@ -80,9 +80,7 @@ def _ddp_worker(rank, world, port, config_json, run_dir, results):
 
 
 def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     manager = torch.multiprocessing.Manager()
     results = manager.dict()
     config = tiny_train_config(pool, iterations=2)
@@ -91,6 +89,44 @@ def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
     assert set(results.keys()) == {0, 1}
     assert torch.equal(results[0], results[1])  # gradients were averaged across ranks
     assert (tmp_path / "ddp" / "stage1" / "checkpoint.pt").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_train_command_under_torchrun_joins_one_process_group(pool, tmp_path):
+    """`torchrun -m napari_etdms.cli train`: two CPU processes over gloo train one model;
+    only rank 0 writes, and a time budget stops both ranks at the same iteration."""
+    import subprocess
+    import sys
+
+    config = tiny_train_config(pool, iterations=2)
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(config.model_dump_json())
+    run = tmp_path / "run"
+
+    def torchrun(*extra):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                   "-m", "napari_etdms.cli", "train", "-c", str(config_path), "-s", "1", "--run-dir", str(run),
+                   "--device", "cpu", *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+    done = torchrun()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("stage1: iteration 2/2") == 1  # rank 0 alone reports
+    logged = [json.loads(line)["iteration"] for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 2]  # losses at 1 and 2, validation at 2: one writer, no duplicates
+
+    config_path.write_text(tiny_train_config(pool, iterations=100000).model_dump_json())
+    budget = torchrun("--max-minutes", "0.05")
+    assert budget.returncode == 0, budget.stderr[-2000:]
+    reached = torch.load(run / "stage1" / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 2 < reached < 100000
+    assert f"stage1: iteration {reached}/100000" in budget.stdout
 
 
 def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):

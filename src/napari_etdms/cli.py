@@ -241,29 +241,44 @@ def cmd_info(_args) -> int:
 
 def cmd_train(args) -> int:
     from .pipeline import select_device
-    from .training.trainer import StageTrainer, export, load_train_config
+    from .training.trainer import (
+        StageTrainer,
+        export,
+        is_lead,
+        lead_decides,
+        load_train_config,
+        start_distributed,
+        stop_distributed,
+    )
 
     config = load_train_config(args.config)
     run_dir = args.run_dir or Path("runs") / config.name
-    device = str(select_device(args.device))
-    stages = {1: ["stage1"], 2: ["stage2"], 0: ["stage1", "stage2", "finetune"]}[args.stage]
-    if args.stage == 0 and config.finetune.grow_from:
-        stages.remove("stage2")  # the fine-tune starts from its grow_from, not from this run's stage 2
-    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
-    for stage in stages:
-        remaining = (deadline - time.monotonic()) / 60 if deadline else None
-        if remaining is not None and remaining <= 0:
-            print(f"time budget spent before {stage}; rerun the same command to resume", file=sys.stderr)
-            return EXIT_OK
-        trainer = StageTrainer(config, stage, run_dir, device)
-        reached = trainer.train(max_minutes=remaining)
-        print(f"{stage}: iteration {reached}/{trainer.settings.iterations}; checkpoint {trainer.checkpoint_path}")
-        if reached < trainer.settings.iterations:
-            return EXIT_OK
-    if args.export:
-        entry = export(run_dir, config, args.export)
-        print(f"exported weights '{entry.name}' to {entry.folder}")
-    return EXIT_OK
+    # under torchrun: one process per GPU (or CPU process over gloo), gradients averaged
+    device = start_distributed(str(select_device(args.device)))
+    try:
+        stages = {1: ["stage1"], 2: ["stage2"], 0: ["stage1", "stage2", "finetune"]}[args.stage]
+        if args.stage == 0 and config.finetune.grow_from:
+            stages.remove("stage2")  # the fine-tune starts from its grow_from, not from this run's stage 2
+        deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+        for stage in stages:
+            remaining = lead_decides((deadline - time.monotonic()) / 60, device) if deadline else None
+            if remaining is not None and remaining <= 0:
+                if is_lead():
+                    print(f"time budget spent before {stage}; rerun the same command to resume", file=sys.stderr)
+                return EXIT_OK
+            trainer = StageTrainer(config, stage, run_dir, device)
+            reached = trainer.train(max_minutes=remaining)
+            if is_lead():
+                target = trainer.settings.iterations
+                print(f"{stage}: iteration {reached}/{target}; checkpoint {trainer.checkpoint_path}")
+            if reached < trainer.settings.iterations:
+                return EXIT_OK
+        if args.export and is_lead():
+            entry = export(run_dir, config, args.export)
+            print(f"exported weights '{entry.name}' to {entry.folder}")
+        return EXIT_OK
+    finally:
+        stop_distributed()
 
 
 def _run_options(args) -> dict:

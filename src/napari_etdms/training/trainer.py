@@ -142,8 +142,37 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+def is_lead() -> bool:
+    """True in a single-process run and in rank 0 of a distributed one (the one that writes)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def start_distributed(device: str) -> str:
+    """Join the process group that torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK in the
+    environment) and return this process's device; a plain run is left as it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+def stop_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lead_decides(value: float, device: str | torch.device = "cpu") -> float:
+    """Rank 0's value on every rank (time left, whether to stop): ranks that each read their
+    own clock could stop at different iterations and leave the others waiting forever."""
+    if not dist.is_initialized():
+        return value
+    shared = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared.item())
 
 
 class StageTrainer:
@@ -223,7 +252,7 @@ class StageTrainer:
         return model.eval().requires_grad_(False)
 
     def save(self) -> None:
-        if _rank() != 0:
+        if not is_lead():
             return
         state = {
             "model": self.net.state_dict(),
@@ -252,7 +281,7 @@ class StageTrainer:
         as_rows = lambda infos: [  # noqa: E731
             {"path": str(f.path), "scene": f.scene, "noise_sigma": round(f.noise_sigma, 5)} for f in infos
         ]
-        if _rank() == 0:
+        if is_lead():
             payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
             # atomic: stages started side by side may read it while it is written
             _atomic_write(split_file, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
@@ -312,7 +341,7 @@ class StageTrainer:
         return result
 
     def _log(self, record: dict) -> None:
-        if _rank() == 0:
+        if is_lead():
             with (self.dir / "log.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
@@ -326,11 +355,11 @@ class StageTrainer:
         loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=workers,
                                                   persistent_workers=workers > 0,
                                                   pin_memory=self.device.type == "cuda"))
-        bar = tqdm(total=total, initial=self.iteration, desc=self.stage, disable=not show_progress or _rank() != 0)
+        bar = tqdm(total=total, initial=self.iteration, desc=self.stage, disable=not show_progress or not is_lead())
         losses: list[float] = []
         started = time.monotonic()
         self.net.train()
-        while self.iteration < total and time.monotonic() < deadline:
+        while self.iteration < total and not lead_decides(time.monotonic() >= deadline, self.device):
             loss = self.loss(next(loader))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
