@@ -5,6 +5,7 @@ import pytest
 import tifffile
 import torch
 from conftest import sem_like
+from PIL import Image
 
 from napari_etdms.cli import main
 from napari_etdms.evaluation import METHODS, run_evaluation
@@ -106,9 +107,21 @@ def test_degrade_command_writes_examples(clean_frames, tmp_path):
     out = tmp_path / "deg"
     assert main(["degrade", str(clean_frames[0]), "-o", str(out), "--count", "2", "--crop", "64"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["clean0_0_clean_lr.tif", "clean0_0_degraded_lr.tif", "clean0_1_clean_lr.tif",
-                     "clean0_1_degraded_lr.tif", "clean0_clean_hr.tif"]
+    assert names == [f"clean0_{k}{suffix}" for k in (0, 1)
+                     for suffix in (".png", "_clean_hr.tif", "_clean_lr.tif", "_degraded_lr.tif")]
     assert tifffile.imread(out / "clean0_0_degraded_lr.tif").shape == (16, 16)
+    assert np.asarray(Image.open(out / "clean0_0.png")).shape == (64, 3 * 64 + 2 * 8)
+
+    # every draw's clean low-res frame is the block means of that draw's own target, which
+    # drift and the sampling phase move from draw to draw
+    drifting = tmp_path / "drifting"
+    assert main(["degrade", str(clean_frames[0]), "-o", str(drifting), "--count", "3", "--crop", "64",
+                 "--degradation", '{"p_drift": 1.0}']) == 0
+    targets = [tifffile.imread(drifting / f"clean0_{k}_clean_hr.tif") for k in range(3)]
+    for k, target in enumerate(targets):
+        clean_lr = tifffile.imread(drifting / f"clean0_{k}_clean_lr.tif")
+        np.testing.assert_allclose(target.reshape(16, 4, 16, 4).mean(axis=(1, 3)), clean_lr, atol=1e-5)
+    assert not np.array_equal(targets[0], targets[1])
 
     # nothing but area sampling and an 8-bit scale: the degraded frame is the clean low-res one
     settings = tmp_path / "ideal.json"

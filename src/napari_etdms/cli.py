@@ -311,8 +311,22 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def _degrade_preview(degraded, clean_lr, clean_hr):
+    """Degraded low-res | clean low-res | clean high-res, side by side at the high-res scale
+    (low-res pixels shown as blocks), on one 8-bit grey scale."""
+    import numpy as np
+
+    scale = clean_hr.shape[0] // clean_lr.shape[0]
+    blocks = [np.kron(degraded, np.ones((scale, scale))), np.kron(clean_lr, np.ones((scale, scale))), clean_hr]
+    gap = np.ones((clean_hr.shape[0], 8))
+    row = np.concatenate([blocks[0], gap, blocks[1], gap, blocks[2]], axis=1)
+    low, high = np.percentile(clean_hr, (0.5, 99.5))
+    return np.round(np.clip((row - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
 def cmd_degrade(args) -> int:
     import numpy as np
+    from PIL import Image
 
     from .evaluation import centre_crop
     from .io import iter_image_files, write_tiff
@@ -322,16 +336,18 @@ def cmd_degrade(args) -> int:
     files = iter_image_files(args.inputs)
     degradation = _degradation(args.degradation)
     rng = np.random.default_rng(args.seed)
+    args.output.mkdir(parents=True, exist_ok=True)
     for path in files:
         clean = centre_crop(load_normalised(path), args.crop or None).astype(np.float64)
         provenance = {"source": str(path), "seed": args.seed, "degradation": degradation.model_dump(mode="json")}
         for k in range(args.count):
-            degraded, clean_lr, hr = degrade(clean, rng, degradation)
-            if k == 0:  # the same clean high-res frame for every draw
-                write_tiff(args.output / f"{path.stem}_clean_hr.tif", hr, None, provenance)
-            for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr)):
+            # each draw has its own target: drift and the sampling phase move it with the samples
+            degraded, clean_lr, clean_hr = degrade(clean, rng, degradation)
+            for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr), ("clean_hr", clean_hr)):
                 write_tiff(args.output / f"{path.stem}_{k}_{label}.tif", image, None, provenance | {"draw": k})
-        print(f"{path}: {args.count} degradations -> {args.output}")
+            Image.fromarray(_degrade_preview(degraded, clean_lr, clean_hr)).save(args.output / f"{path.stem}_{k}.png")
+        print(f"{path}: {args.count} degradations -> {args.output} (TIFF triples; PNG previews: "
+              "degraded low-res | clean low-res | clean high-res)")
     return EXIT_OK
 
 
