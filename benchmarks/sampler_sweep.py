@@ -11,7 +11,6 @@ to the two baselines, with the wall time per frame on this machine.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
 from napari_etdms.pipeline import Pipeline
-from napari_etdms.training.data import load_normalised
+from napari_etdms.training.data import load_normalised, validation_frames
 from napari_etdms.training.degrade import DegradationConfig
 
 SETTINGS = {
@@ -49,6 +48,7 @@ SETTINGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=Path, required=True, help="a training run's split.json")
+    parser.add_argument("--frames-dir", type=Path, help="the folder holding the split's frames, if moved")
     parser.add_argument("--weights", default=None, help="registry name or weights.json (default: shipped)")
     parser.add_argument("--frames", type=int, default=6, help="every other validation frame, this many")
     parser.add_argument("--crop", type=int, default=256)
@@ -57,8 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = json.loads(args.split.read_text())["validation"]
-    frames = [Path(row["path"]) for row in rows][::2][: args.frames]
+    frames = validation_frames(args.split, args.frames_dir)[::2][: args.frames]
     clean = [centre_crop(load_normalised(path), args.crop).astype(np.float64) for path in frames]
     pipeline = Pipeline.from_pretrained(args.weights)
     print(f"weights {pipeline.weights_provenance.get('name')}, {len(frames)} frames, {args.crop} px crops, "

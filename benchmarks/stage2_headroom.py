@@ -18,7 +18,6 @@ resolution against the ground truth of:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.evaluation import centre_crop
 from napari_etdms.metrics import frc_resolution, matched_psnr
 from napari_etdms.pipeline import Pipeline, project_onto_low_res
-from napari_etdms.training.data import load_normalised
+from napari_etdms.training.data import load_normalised, validation_frames
 from napari_etdms.training.degrade import DegradationConfig, degrade
 
 
@@ -52,6 +51,7 @@ def x4_estimates(pipeline: Pipeline, condition: np.ndarray, hr: np.ndarray, samp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=Path, required=True, help="a training run's split.json")
+    parser.add_argument("--frames-dir", type=Path, help="the folder holding the split's frames, if moved")
     parser.add_argument("--weights", default=None, help="registry name or weights folder (default: shipped)")
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--samples", type=int, default=4)
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    frames = [Path(row["path"]) for row in json.loads(args.split.read_text())["validation"]]
+    frames = validation_frames(args.split, args.frames_dir)
     pipeline = Pipeline.from_pretrained(args.weights)
     if pipeline.clsr.condition_channels != 1:
         parser.error("these weights' stage 2 also takes the measured frame, which this benchmark's conditions "

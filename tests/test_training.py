@@ -9,7 +9,7 @@ from conftest import tiny_train_config
 
 from napari_etdms.config import DiffusionConfig
 from napari_etdms.models import build_denoiser
-from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames
+from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames, validation_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
 
@@ -91,6 +91,12 @@ def test_distributed_data_parallel_on_cpu_with_gloo(pool, tmp_path):
     assert (tmp_path / "ddp" / "stage1" / "checkpoint.pt").is_file()
 
 
+def _write_config(folder, config):
+    path = folder / "config.json"
+    path.write_text(config.model_dump_json())
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,6 +133,21 @@ def test_train_command_under_torchrun_joins_one_process_group(pool, tmp_path):
     reached = torch.load(run / "stage1" / "checkpoint.pt", weights_only=True)["iteration"]
     assert 2 < reached < 100000
     assert f"stage1: iteration {reached}/100000" in budget.stdout
+
+
+def test_a_split_finds_its_frames_in_a_moved_folder(pool, tmp_path, capsys):
+    from napari_etdms.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "-c", str(_write_config(tmp_path, tiny_train_config(pool, iterations=1))), "-s", "1",
+                 "--run-dir", str(run)]) == 0
+    recorded = validation_frames(run / "split.json")
+    moved = pool.rename(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match="give the folder that holds them"):
+        validation_frames(run / "split.json")
+    assert validation_frames(run / "split.json", moved) == [moved / p.name for p in recorded]
+    assert main(["eval", "--split", str(run / "split.json"), "-o", str(tmp_path / "report")]) == 1
+    assert "--frames-dir" in capsys.readouterr().err
 
 
 def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):

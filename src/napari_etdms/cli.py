@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("inputs", nargs="*", metavar="INPUT", help="clean frames (files or folders)")
     ev.add_argument("--split", type=Path, help="a training run's split.json: evaluate its validation frames")
+    ev.add_argument("--frames-dir", type=Path,
+                    help="the folder holding the split's frames, if they are not at the paths it records")
     ev.add_argument("-o", "--output", required=True, type=Path, help="report folder")
     ev.add_argument("--crop", type=int, default=512, help="central crop of each frame, high-res px (0: whole frame)")
     ev.add_argument("--lpips-weights", type=Path,
@@ -291,10 +293,11 @@ def cmd_eval(args) -> int:
     from .evaluation import run_evaluation
     from .io import iter_image_files
     from .pipeline import Pipeline
+    from .training.data import validation_frames
 
     files = iter_image_files(args.inputs)
     if args.split:
-        files += [Path(row["path"]) for row in json.loads(args.split.read_text())["validation"]]
+        files += validation_frames(args.split, args.frames_dir)
     if not files:
         print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,22 @@ def _list_file(listing: Path) -> list[Path]:
     else:
         names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
     return [p if p.is_absolute() else listing.parent / p for p in map(Path, names)]
+
+
+def validation_frames(split_file: str | Path, frames_dir: str | Path | None = None) -> list[Path]:
+    """The validation frames of a run's split.json. The split records each frame's path where
+    it was trained; on another machine, `frames_dir` is the folder that now holds them (found
+    by file name)."""
+    rows = json.loads(Path(split_file).read_text())["validation"]
+    paths, missing = [], []
+    for recorded in (Path(row["path"]) for row in rows):
+        path = recorded if recorded.is_file() or frames_dir is None else Path(frames_dir) / recorded.name
+        (paths if path.is_file() else missing).append(path)
+    if missing:
+        where = f"in {frames_dir}" if frames_dir is not None else "at the paths it records"
+        raise FileNotFoundError(f"{len(missing)} of the {len(rows)} validation frames of {split_file} are not {where} "
+                                f"(first: {missing[0].name}); give the folder that holds them (--frames-dir)")
+    return paths
 
 
 _DETECTOR = re.compile(r"(detector|multiBSE_)[A-Z](?=_|$)")
