@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from napari_etdms.cli import main
 from napari_etdms.evaluation import METHODS, run_evaluation
-from napari_etdms.metrics import frc_resolution, matched_psnr, matched_ssim, nrmse
+from napari_etdms.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
 
 QUICK = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -47,6 +48,18 @@ def test_metrics_behave():
     assert sharp == pytest.approx(2.0) and blurred > 3
 
 
+def test_consistency_psnr_holds_an_upsampled_frame_to_its_low_res_source():
+    from scipy import ndimage
+
+    low = ndimage.gaussian_filter(np.random.default_rng(1).random((16, 16)), 1.0)
+    blocks = np.kron(low, np.ones((4, 4)))
+    assert consistency_psnr(low, blocks) == float("inf")  # block means equal the source exactly
+    shifted = consistency_psnr(low, blocks + 0.01 * np.ptp(low))
+    assert shifted == pytest.approx(40.0, abs=0.5)  # a 1 % offset of the range is 40 dB
+    with pytest.raises(ValueError, match="whole multiple"):
+        consistency_psnr(low, blocks[:-1])
+
+
 def test_evaluation_writes_report_figures_and_learned_metrics(tiny_pipeline, clean_frames, tmp_path):
     example = torch.rand(1, 3, 64, 64)
     any_size = {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
@@ -61,11 +74,17 @@ def test_evaluation_writes_report_figures_and_learned_metrics(tiny_pipeline, cle
     assert {p.name for p in out.iterdir()} == {"report.md", "metrics.csv", "summary.json", "crops.png", "metrics.png"}
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert set(METHODS) <= set(summary)
-    assert "seed_std_mean" in summary["extra"]
+    assert summary["super_resolved"]["seed_std"] > 0
     assert "(lower is better)" in outcome["optional"]["LPIPS"]
     assert "patches of 64 px" in outcome["optional"]["FID"]
-    rows = (out / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * len(METHODS)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 2 * len(METHODS)
+    for row in rows:  # per frame: every method's data consistency; the seed spread for ETDMS alone
+        assert float(row["consistency_psnr_db"]) > 0
+        assert (row["seed_std"] != "") == (row["method"] == "super_resolved")
+    # ETDMS is projected onto its stage-1 frame (exact up to rounding); bicubic is not
+    assert summary["super_resolved"]["consistency_psnr"] > 100 > summary["bicubic_denoised"]["consistency_psnr"]
+    assert "| data consistency (dB) |" in (out / "report.md").read_text()
 
 
 def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, clean_frames, tmp_path, capsys):
@@ -97,7 +116,7 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     denoised_only = tmp_path / "denoised-only"  # --no-sr: the baselines and the stage-1 row
     assert main([*args[:args.index("-o") + 1], str(denoised_only), *args[args.index("-w"):], "--no-sr"]) == 0
     report = (denoised_only / "report.md").read_text()
-    assert "| stage 1 + bicubic |" in report and "| ETDMS" not in report and "Data consistency" not in report
+    assert "| stage 1 + bicubic |" in report and "| ETDMS" not in report
 
     assert main([*args, "--degradation", '{"electrons": [3, 100], "eletrons": 1}']) == 1
     assert "unknown key 'eletrons'" in capsys.readouterr().err
