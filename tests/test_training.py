@@ -174,6 +174,30 @@ def test_train_command_runs_all_stages_and_exports(pool, tmp_path):
     assert torch.load(run / "stage1" / "checkpoint.pt", weights_only=True)["iteration"] == 2
 
 
+def test_runs_record_every_config_they_were_trained_under(pool, tmp_path):
+    from napari_etdms.cli import main
+
+    config = tiny_train_config(pool, iterations=2)
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "-c", str(_write_config(tmp_path, config)), "-s", "0", "--run-dir", str(run)]) == 0
+    # continued with a lower learning rate, as one does by hand
+    slower = config.stage1.model_copy(update={"iterations": 4, "learning_rate": 1e-5})
+    longer = config.model_copy(update={"stage1": slower})
+    path = _write_config(tmp_path, longer)
+    assert main(["train", "-c", str(path), "-s", "1", "--run-dir", str(run)]) == 0
+    assert main(["train", "-c", str(path), "-s", "1", "--run-dir", str(run)]) == 0  # same settings: no new entry
+    assert main(["train", "-c", str(path), "-s", "0", "--run-dir", str(run), "--export", str(out)]) == 0
+
+    record = json.loads((out / "training.json").read_text())
+    assert set(record) == {"stage1", "stage2", "finetune"}
+    assert record["stage1"]["iterations"] == 4
+    history = record["stage1"]["settings"]
+    assert [h["from_iteration"] for h in history] == [0, 2]
+    assert [h["config"]["stage1"]["learning_rate"] for h in history] == [config.stage1.learning_rate, 1e-5]
+    assert history[0]["config"]["data"]["inputs"] == [str(pool)]  # resolved paths
+    assert len(record["finetune"]["settings"]) == 1
+
+
 def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
     from napari_etdms.cli import main
 

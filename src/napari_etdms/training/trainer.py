@@ -202,6 +202,7 @@ class StageTrainer:
         self.conditioner = self._stage1_model() if stage == "finetune" else None
         if not self._resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
+        self._record_settings()
         self.model = self.net
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -223,6 +224,23 @@ class StageTrainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.dir / "checkpoint.pt"
+
+    @property
+    def settings_history_path(self) -> Path:
+        return self.dir / "settings.jsonl"
+
+    def _record_settings(self) -> None:
+        """Append the resolved config (model, data, this stage's settings) whenever this stage
+        starts or resumes under settings that differ from the last ones recorded, so a run
+        continued with, e.g., a lower learning rate keeps the history of what it was trained with."""
+        if not is_lead():
+            return
+        config = json.loads(self.config.model_dump_json())
+        resolved = {key: config[key] for key in ("name", "model", "data", self.stage)}  # what this stage depends on
+        history = read_settings_history(self.settings_history_path)
+        if not history or history[-1]["config"] != resolved:
+            with self.settings_history_path.open("a") as fh:
+                fh.write(json.dumps({"from_iteration": self.iteration, "time": time.time(), "config": resolved}) + "\n")
 
     def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -382,19 +400,33 @@ class StageTrainer:
         return self.iteration
 
 
+def read_settings_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+TRAINING_RECORD = "training.json"
+
+
 def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike, name: str | None = None,
            card: str | None = "MODEL_CARD.md"):
     """Write the EMA weights of stage 1 and the best stage 2 (fine-tuned if present) as a
-    registry weights folder."""
+    registry weights folder, with `training.json`: for each stage behind them, the iterations
+    reached and every resolved config it was trained under (from which iteration on)."""
     run_dir = Path(run_dir)
-    states = {}
-    sources = {"denoiser": ["stage1"], "clsr": ["finetune", "stage2"]}
-    for part, stages in sources.items():
-        for stage in stages:
-            path = run_dir / stage / "checkpoint.pt"
-            if path.is_file():
-                states[part] = torch.load(path, map_location="cpu", weights_only=True)["ema"]["module"]
-                break
-    if not states:
+    trained = [stage for stage in STAGES if (run_dir / stage / "checkpoint.pt").is_file()]
+    sources = {"denoiser": "stage1", "clsr": "finetune" if "finetune" in trained else "stage2"}
+    sources = {part: stage for part, stage in sources.items() if stage in trained}
+    if not sources:
         raise FileNotFoundError(f"{run_dir}: no stage checkpoints to export")
-    return write_entry(out_dir, name or config.name, config.model, states, config.recommended.model_dump(), card)
+    checkpoints = {stage: torch.load(run_dir / stage / "checkpoint.pt", map_location="cpu", weights_only=True)
+                   for stage in trained}
+    states = {part: checkpoints[stage]["ema"]["module"] for part, stage in sources.items()}
+    behind = set(sources.values())
+    if "finetune" in behind and not config.finetune.grow_from:
+        behind.add("stage2")  # the fine-tune started from this run's stage 2
+    record = {stage: {"iterations": int(checkpoints[stage]["iteration"]),
+                      "settings": read_settings_history(run_dir / stage / "settings.jsonl")}
+              for stage in trained if stage in behind}
+    entry = write_entry(out_dir, name or config.name, config.model, states, config.recommended.model_dump(), card)
+    (entry.folder / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return entry
