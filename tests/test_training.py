@@ -4,12 +4,21 @@ import socket
 
 import numpy as np
 import pytest
+import tifffile
 import torch
-from conftest import tiny_train_config
+from conftest import sem_like, tiny_train_config
 
 from napari_etdms.config import DiffusionConfig
 from napari_etdms.models import build_denoiser
-from napari_etdms.training.data import FrameInfo, augment, scene_key, split_frames, validation_frames
+from napari_etdms.training.data import (
+    FrameInfo,
+    augment,
+    list_frames,
+    load_normalised,
+    scene_key,
+    split_frames,
+    validation_frames,
+)
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
 
@@ -148,6 +157,34 @@ def test_a_split_finds_its_frames_in_a_moved_folder(pool, tmp_path, capsys):
     assert validation_frames(run / "split.json", moved) == [moved / p.name for p in recorded]
     assert main(["eval", "--split", str(run / "split.json"), "-o", str(tmp_path / "report")]) == 1
     assert "--frames-dir" in capsys.readouterr().err
+
+
+def test_training_reads_png_16_bit_and_listed_frames_and_refuses_what_is_not_one_frame(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    frames = {"a.png": sem_like((96, 96), np.uint8, seed=1), "b.tif": sem_like((96, 96), np.uint16, seed=2)}
+    Image.fromarray(frames["a.png"]).save(folder / "a.png")
+    tifffile.imwrite(folder / "b.tif", frames["b.tif"])
+    (tmp_path / "frames.csv").write_text("file,licence\nmixed/a.png,MIT\nmixed/b.tif,MIT\n")
+    (tmp_path / "frames.txt").write_text("mixed/a.png\n\nmixed/b.tif\n")
+    expected = [folder / "a.png", folder / "b.tif"]
+    assert list_frames([tmp_path / "frames.csv"]) == list_frames([tmp_path / "frames.txt"]) == expected
+    assert sorted(list_frames([folder])) == expected
+    for name, original in frames.items():
+        normalised = load_normalised(folder / name)
+        assert normalised.shape == original.shape and normalised.dtype.kind == "f"
+        assert -0.05 <= normalised.min() < 0.05 and 0.95 < normalised.max() <= 1.05
+        assert np.corrcoef(normalised.ravel(), original.astype(float).ravel())[0, 1] > 0.99
+
+    tifffile.imwrite(folder / "stack.tif", np.stack([frames["a.png"]] * 3), photometric="minisblack")
+    with pytest.raises(ValueError, match="stack.tif: expected one 2D frame"):
+        load_normalised(folder / "stack.tif")
+    colour = np.stack([frames["a.png"], frames["a.png"][::-1], frames["a.png"]], axis=-1)
+    Image.fromarray(colour).save(folder / "colour.png")
+    with pytest.raises(ValueError, match="true-colour"):
+        load_normalised(folder / "colour.png")
 
 
 def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):

@@ -75,10 +75,14 @@ def scene_key(path: Path) -> str:
 
 
 def load_normalised(path: Path) -> np.ndarray:
-    frame = read_frame(path)
-    data = frame.data
-    if data.ndim == 3:  # grey stored as RGB(A)
-        data = data[..., 0]
+    """One frame on [0, 1] by its robust range; grey stored as RGB(A) is taken as grey, and
+    anything else that is not one greyscale frame (colour, stacks, tiny) is a clear error."""
+    from ..pipeline import InputError, prepare_frame
+
+    try:
+        data = prepare_frame(read_frame(path).data)
+    except InputError as err:
+        raise ValueError(f"{path}: {err}") from None
     mapping = IntensityMap.fit(data)
     return np.clip((mapping.forward(data) + 1.0) * 0.5, -0.05, 1.05)
 
