@@ -196,13 +196,14 @@ def test_a_stage_can_demand_cleaner_targets(pool, tmp_path):
     assert StageTrainer(loose, "stage2", tmp_path / "run").train_frames >= 3
 
 
-def test_train_command_runs_all_stages_and_exports(pool, tmp_path):
+def test_train_command_runs_all_stages_and_exports(pool, tmp_path, capsys):
     from napari_etdms.cli import main
 
     config_path = tmp_path / "tiny.json"
     config_path.write_text(tiny_train_config(pool, iterations=2).model_dump_json())
     run, out = tmp_path / "run", tmp_path / "exported"
     assert main(["train", "-c", str(config_path), "-s", "0", "--run-dir", str(run), "--export", str(out)]) == 0
+    assert "1 frames noisier than max_target_noise=0.2 are not used: pure_noise.tif" in capsys.readouterr().out
     assert {p.name for p in run.iterdir()} >= {"stage1", "stage2", "finetune", "split.json"}
     entry = resolve(out)
     assert entry.name == "tiny-run" and set(entry.files) == {"denoiser", "clsr"}

@@ -303,6 +303,10 @@ class StageTrainer:
             payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
             # atomic: stages started side by side may read it while it is written
             _atomic_write(split_file, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+            names = ", ".join(f.path.name for f in excluded[:5]) + (", ..." if len(excluded) > 5 else "")
+            print(f"split: {len(train)} training and {len(val)} validation frames; {len(excluded)} frames noisier "
+                  f"than max_target_noise={data.max_target_noise} are not used{': ' + names if excluded else ''} "
+                  f"(all listed in {split_file})")
         return train, val
 
     # ---- steps -----------------------------------------------------------------------
