@@ -121,3 +121,56 @@ def test_targets_keep_the_drift():
     degraded, clean_lr, hr = d.degrade(ramp, rng(3), config)
     assert not np.allclose(hr, ramp, atol=1e-3)  # the target moved with the specimen
     assert np.abs(degraded - clean_lr)[2:-2, 2:-2].max() < 3e-3  # matches the input (8-bit steps)
+
+
+def test_charging_streaks_decay_along_the_scan_line_and_flicker_scales_whole_rows():
+    streaked = d.charging(np.zeros((32, 64)), rng(4), amplitude=0.2, decay=10.0, flicker=0.0)
+    rows = np.flatnonzero(streaked.max(axis=1) > 0)
+    assert 0 < len(rows) <= 32 // 16 + 1
+    for row in rows:
+        values = streaked[row]
+        start = int(np.flatnonzero(values)[0])
+        tail = values[start:]
+        assert np.allclose(tail[1:] / tail[:-1], np.exp(-1 / 10.0))  # exponential decay, left to right
+    assert not streaked[np.setdiff1d(np.arange(32), rows)].any()  # other rows untouched
+
+    flickered = d.charging(np.full((64, 48), 0.5), rng(5), amplitude=0.0, decay=10.0, flicker=0.05)
+    assert np.allclose(flickered.std(axis=1), 0.0)  # one gain per row
+    assert flickered[:, 0].std() == pytest.approx(0.5 * 0.05, rel=0.3)
+
+
+def test_row_offsets_are_constant_along_each_row():
+    noisy = d.poisson_gaussian(np.full((64, 48), 0.5), rng(6), 1e12, read_sigma=0.0, row_offset=0.02)
+    offsets = noisy[:, 0] - 0.5
+    assert np.allclose(noisy - 0.5, offsets[:, None], atol=1e-5)
+    assert np.abs(offsets).max() <= 0.02 + 1e-5 and offsets.std() > 0.005
+
+
+def test_gamma_and_shading():
+    image = np.full((48, 48), 0.5)
+    assert np.allclose(d.contrast(image, 1.0, 0.0, 2.0), 0.25)  # gamma acts before gain and offset
+    shading = d.smooth_shading((48, 48), rng(7), strength=0.1)
+    assert 0.9 - 1e-9 <= shading.min() and shading.max() <= 1.1 + 1e-9 and shading.std() > 0
+    assert np.abs(np.diff(shading, axis=0)).max() < 0.02  # smooth: no step between neighbours
+    assert np.allclose(d.contrast(image, 1.0, 0.0, 1.0, shading), 0.5 * shading)
+
+
+def test_defocus_replaces_the_probe_blur_when_drawn():
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(rng(8).random((64, 64)), 1.0)
+    config = _geometry_only("area", p_blur=1.0, p_defocus=1.0, defocus_sigma=2.5)
+    degraded, _, hr = d.degrade(smooth, rng(0), config)
+    expected = d.area_downsample(d.probe_blur(hr, 2.5))
+    assert np.abs(degraded - expected).max() <= 0.5 / 255 + 1e-6  # up to the quantisation
+
+
+def test_quantisation_at_16_bits_and_without_clipping():
+    image = np.linspace(-0.1, 1.1, 1000)
+    q16 = d.quantise(image, 16, clip=True)
+    assert np.allclose(q16 * 65535, np.round(q16 * 65535))
+    assert q16.min() == 0.0 and q16.max() == 1.0
+    free = d.quantise(image, 8, clip=False)  # a detector that does not saturate keeps the excursions
+    assert free.min() < -0.09 and free.max() > 1.09
+    inside = (image >= 0) & (image <= 1)
+    assert np.abs(free - image)[inside].max() <= 0.5 / 255 + 1e-12
