@@ -72,6 +72,37 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
     assert not list((tmp_path / "run" / "stage2").glob("*.part"))  # atomic writes leave no temp file
 
 
+def test_training_survives_kill_9_and_resumes(pool, tmp_path):
+    """SIGKILL at arbitrary moments (often mid-write: a checkpoint is written every iteration)
+    leaves a loadable checkpoint, and the same command goes on from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config_path = _write_config(tmp_path, tiny_train_config(pool, iterations=100000))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "napari_etdms.cli", "train", "-c", str(config_path), "-s", "1",
+               "--run-dir", str(run), "--device", "cpu"]
+    checkpoint = run / "stage1" / "checkpoint.pt"
+    reached = []
+    for pause in (0.7, 1.3, 0.4):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        start = torch.load(checkpoint, weights_only=True)["iteration"] if checkpoint.is_file() else 0
+        while time.monotonic() < deadline and (not checkpoint.is_file() or
+                                               torch.load(checkpoint, weights_only=True)["iteration"] <= start):
+            time.sleep(0.05)
+        time.sleep(pause)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        reached.append(torch.load(checkpoint, weights_only=True)["iteration"])  # never a torn file
+    assert reached == sorted(reached) and reached[0] > 0 and reached[-1] > reached[0]  # each run went on
+    config_path.write_text(tiny_train_config(pool, iterations=reached[-1] + 2).model_dump_json())
+    assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == reached[-1] + 2
+
+
 def test_finetune_needs_stage1(pool, tmp_path):
     with pytest.raises(FileNotFoundError, match="stage 1 must be trained"):
         StageTrainer(tiny_train_config(pool), "finetune", tmp_path / "empty")
