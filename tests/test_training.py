@@ -103,6 +103,19 @@ def test_training_survives_kill_9_and_resumes(pool, tmp_path):
     assert torch.load(checkpoint, weights_only=True)["iteration"] == reached[-1] + 2
 
 
+def test_optimizer_and_learning_rate_schedule_come_from_the_config(pool, tmp_path):
+    config = tiny_train_config(pool, iterations=5)
+    scheduled = config.stage1.model_copy(update={"optimizer": "adamw", "weight_decay": 0.01,
+                                                 "lr_milestones": (2, 4), "lr_gamma": 0.1})
+    trainer = StageTrainer(config.model_copy(update={"stage1": scheduled}), "stage1", tmp_path / "run")
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["weight_decay"] == 0.01
+    rate = config.stage1.learning_rate
+    assert [trainer.learning_rate_at(i) for i in range(6)] == pytest.approx([rate, rate, rate / 10, rate / 10,
+                                                                           rate / 100, rate / 100])
+    trainer.train(show_progress=False)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(rate / 100)  # the last step's rate
+
+
 def test_finetune_needs_stage1(pool, tmp_path):
     with pytest.raises(FileNotFoundError, match="stage 1 must be trained"):
         StageTrainer(tiny_train_config(pool), "finetune", tmp_path / "empty")

@@ -46,6 +46,11 @@ class StageConfig(_Strict):
     batch_size: int = Field(8, gt=0)
     hr_crop: int = Field(256, gt=0)  # stage 1 sees hr_crop/4 low-res crops
     learning_rate: float = Field(2e-4, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)  # decoupled (AdamW) or L2 (Adam)
+    # step schedule: at each of these iterations the rate is multiplied by lr_gamma
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = Field(0.5, gt=0, le=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     condition_noise: float = Field(0.03, ge=0)  # stage 2 on clean low-res: sigma on [0, 1]
     validate_every: int = Field(500, gt=0)
@@ -197,7 +202,9 @@ class StageTrainer:
             # a training checkpoint (its EMA weights) or an exported .pt (a bare state dict)
             self.net.grow_from(source["ema"]["module"] if "ema" in source else source)
         self.ema = EMA(self.net, self.settings.ema_decay)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.settings.learning_rate)
+        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.settings.optimizer]
+        self.optimizer = optimizer(self.net.parameters(), lr=self.settings.learning_rate,
+                                   weight_decay=self.settings.weight_decay)
         self.iteration = 0
         self.conditioner = self._stage1_model() if stage == "finetune" else None
         if not self._resume() and stage == "finetune" and not growing:
@@ -249,9 +256,8 @@ class StageTrainer:
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the config decides: lower it to continue gently
-            group["lr"] = self.settings.learning_rate
         self.iteration = int(state["iteration"])
+        self._apply_learning_rate()
         return True
 
     def _start_from(self, checkpoint: Path) -> None:
@@ -260,6 +266,16 @@ class StageTrainer:
         state = torch.load(checkpoint, map_location=self.device, weights_only=True)
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+
+    def learning_rate_at(self, iteration: int) -> float:
+        passed = sum(iteration >= milestone for milestone in self.settings.lr_milestones)
+        return self.settings.learning_rate * self.settings.lr_gamma**passed
+
+    def _apply_learning_rate(self) -> None:
+        """The config decides, also over a resumed optimizer's saved rate, so a run can be
+        continued at another rate or schedule."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate_at(self.iteration)
 
     def _stage1_model(self):
         path = self.run_dir / "stage1" / "checkpoint.pt"
@@ -382,6 +398,7 @@ class StageTrainer:
         started = time.monotonic()
         self.net.train()
         while self.iteration < total and not lead_decides(time.monotonic() >= deadline, self.device):
+            self._apply_learning_rate()
             loss = self.loss(next(loader))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
