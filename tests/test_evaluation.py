@@ -98,6 +98,7 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     assert '"sampler": "ddim"' in report and '"steps": 2' in report  # the preset it resolved to, not null
     assert '"batch_size": 1' in report  # the CPU's default tile batch
     assert '"degradation": "shipped"' in report
+    assert f'"weights_hash": "{tiny_weights.short_hash}"' in report and '"software": "napari-etdms' in report
 
     light = tmp_path / "light"
     assert main([*args[:args.index("-o") + 1], str(light), *args[args.index("-w"):],

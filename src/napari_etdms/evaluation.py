@@ -297,6 +297,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
         resolved["batch_size"] = reports[0].run["tiling"]["batch_size"]
     settings = {"seed": seed, "crop": crop, "frames": len(frames), **run_options, **resolved,
                 "weights": pipeline.weights_provenance.get("name"),
+                "weights_hash": pipeline.weights_provenance.get("hash"),
+                "software": reports[0].run.get("software") if reports else None,
                 "degradation": degradation.model_dump(mode="json", exclude_defaults=True) or "shipped"}
     write_reports(out_dir, reports, summary, settings, optional)
     crop_grid_figure(out_dir / "crops.png", examples)
