@@ -162,9 +162,7 @@ def test_train_command_under_torchrun_joins_one_process_group(pool, tmp_path):
     import subprocess
     import sys
 
-    config = tiny_train_config(pool, iterations=2)
-    config_path = tmp_path / "tiny.json"
-    config_path.write_text(config.model_dump_json())
+    config_path = _write_config(tmp_path, tiny_train_config(pool, iterations=2))
     run = tmp_path / "run"
 
     def torchrun(*extra):
