@@ -5,6 +5,7 @@ import pytest
 from conftest import TINY, sem_like
 
 from napari_etdms import Cancelled, InputError
+from napari_etdms.metrics import consistency_psnr
 from napari_etdms.pipeline import Pipeline, estimate_memory_bytes, select_device, select_precision
 
 FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
@@ -93,6 +94,9 @@ def test_samples_give_mean_std_and_data_consistency(tiny_pipeline):
     assert np.allclose(three.super_resolved, np.mean(draws, axis=0), atol=1e-3 * np.ptp(frame))
     assert np.isfinite(three.consistency_psnr)
     assert three.metadata["samples"] == 3
+    # one definition of data consistency, shared with `etdms eval`
+    assert three.consistency_psnr == pytest.approx(consistency_psnr(three.denoised, three.super_resolved), abs=0.01)
+    assert three.metadata["consistency_psnr_db"] == three.consistency_psnr
 
 
 def test_a_clsr_with_the_measured_input_sees_the_stage1_output_and_the_input_frame():

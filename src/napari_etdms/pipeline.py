@@ -24,6 +24,7 @@ from .config import ModelConfig, model_config
 from .diffusion import DEFAULT_PRESET, SAMPLERS, default_steps, make_sampler
 from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import IntensityMap
+from .metrics import consistency_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
 from .tiling import Cancelled, TileGrid, blend_tiles
@@ -291,8 +292,9 @@ class Pipeline:
                 std = stack.std(0, unbiased=True)[0, 0, : SCALE * height, : SCALE * width].numpy()
                 result.std = mapping.scale(std)
             residual = (cond - F.avg_pool2d(mean, SCALE))[0, 0, :height, :width]
-            mse = float((residual**2).mean())
-            result.consistency_psnr = float(10 * np.log10(4.0 / mse)) if mse > 0 else float("inf")
+            # the same definition as `etdms eval` reports, in the frame's own units
+            result.consistency_psnr = consistency_psnr(self._crop(cond, mapping, height, width, 1),
+                                                       result.super_resolved)
             result.consistency_residual = mapping.scale(residual.numpy())
 
         result.metadata = {
