@@ -10,6 +10,7 @@ from PIL import Image
 
 from napari_etdms.cli import main
 from napari_etdms.evaluation import METHODS, run_evaluation
+from napari_etdms.intensity import SIGNAL_SMOOTHING, IntensityMap
 from napari_etdms.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
 
 QUICK = dict(sampler="ddim", steps=3, tile=32, overlap=8)
@@ -51,11 +52,18 @@ def test_metrics_behave():
 def test_consistency_psnr_holds_an_upsampled_frame_to_its_low_res_source():
     from scipy import ndimage
 
-    low = ndimage.gaussian_filter(np.random.default_rng(1).random((16, 16)), 1.0)
+    rng = np.random.default_rng(1)
+    low = ndimage.zoom(rng.random((8, 8)), 8, order=3)  # smooth: its signal range is its range
     blocks = np.kron(low, np.ones((4, 4)))
     assert consistency_psnr(low, blocks) == float("inf")  # block means equal the source exactly
-    shifted = consistency_psnr(low, blocks + 0.01 * np.ptp(low))
-    assert shifted == pytest.approx(40.0, abs=0.5)  # a 1 % offset of the range is 40 dB
+    signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
+    offset = 0.01 * (signal.high - signal.low)
+    assert consistency_psnr(low, blocks + offset) == pytest.approx(40.0, abs=0.01)  # 1 % of the range: 40 dB
+    # the scale is the signal's: the same offset reads (nearly) the same over a noisy source,
+    # whose raw range its noise stretches
+    noisy = low + rng.normal(0, 0.1 * np.ptp(low), low.shape)
+    assert consistency_psnr(noisy, np.kron(noisy, np.ones((4, 4))) + offset) == pytest.approx(40.0, abs=1.0)
+    assert 20 * np.log10(np.ptp(noisy) / offset) > 43  # what the raw range would have read
     with pytest.raises(ValueError, match="whole multiple"):
         consistency_psnr(low, blocks[:-1])
 
@@ -123,14 +131,22 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
     assert "unknown key 'eletrons'" in capsys.readouterr().err
 
 
-def test_degrade_command_writes_examples(clean_frames, tmp_path):
+def test_degrade_command_writes_examples(clean_frames, tmp_path, capsys):
     out = tmp_path / "deg"
     assert main(["degrade", str(clean_frames[0]), "-o", str(out), "--count", "2", "--crop", "64"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"clean0_{k}{suffix}" for k in (0, 1)
-                     for suffix in (".png", "_clean_hr.tif", "_clean_lr.tif", "_degraded_lr.tif")]
+                     for suffix in ("_clean_hr.tif", "_clean_lr.tif", "_degraded_lr.tif", "_preview.png")]
     assert tifffile.imread(out / "clean0_0_degraded_lr.tif").shape == (16, 16)
-    assert np.asarray(Image.open(out / "clean0_0.png")).shape == (64, 3 * 64 + 2 * 8)
+    assert np.asarray(Image.open(out / "clean0_0_preview.png")).shape == (64, 3 * 64 + 2 * 8)
+
+    # a file already there is never replaced, the preview included: a clear error instead
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "clean0_0_preview.png").write_bytes(b"the user's own file")
+    assert main(["degrade", str(clean_frames[0]), "-o", str(kept), "--crop", "64"]) == 1
+    assert (kept / "clean0_0_preview.png").read_bytes() == b"the user's own file"
+    assert "exists" in capsys.readouterr().err
 
     # every draw's clean low-res frame is the block means of that draw's own target, which
     # drift and the sampling phase move from draw to draw

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -19,7 +20,7 @@ from napari_etdms.training.data import (
     split_frames,
     validation_frames,
 )
-from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
+from napari_etdms.training.trainer import StageTrainer, TrainConfig, export, read_settings_history
 from napari_etdms.weights import resolve
 
 
@@ -199,6 +200,13 @@ def test_a_split_finds_its_frames_in_a_moved_folder(pool, tmp_path, capsys):
     assert validation_frames(run / "split.json", moved) == [moved / p.name for p in recorded]
     assert main(["eval", "--split", str(run / "split.json"), "-o", str(tmp_path / "report")]) == 1
     assert "--frames-dir" in capsys.readouterr().err
+    assert main(["eval", "--frames-dir", str(moved), "-o", str(tmp_path / "report")]) == 2
+    assert "give --split too" in capsys.readouterr().err
+
+    # the folder named wins over a recorded path that still exists
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    assert validation_frames(run / "split.json", copy) == [copy / p.name for p in recorded]
 
 
 def test_training_reads_png_16_bit_and_listed_frames_and_refuses_what_is_not_one_frame(tmp_path):
@@ -276,6 +284,10 @@ def test_runs_record_every_config_they_were_trained_under(pool, tmp_path):
     assert [h["config"]["stage1"]["learning_rate"] for h in history] == [config.stage1.learning_rate, 1e-5]
     assert history[0]["config"]["data"]["inputs"] == [str(pool)]  # resolved paths
     assert len(record["finetune"]["settings"]) == 1
+    # settings under which no step ran (the stage already complete) are not on record
+    untrained = longer.model_copy(update={"stage1": slower.model_copy(update={"learning_rate": 3e-5})})
+    assert main(["train", "-c", str(_write_config(tmp_path, untrained)), "-s", "1", "--run-dir", str(run)]) == 0
+    assert len(read_settings_history(run / "stage1" / "settings.jsonl")) == 2
 
 
 def test_bad_training_config_is_a_clear_error(tmp_path, capsys):

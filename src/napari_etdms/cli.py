@@ -295,6 +295,9 @@ def cmd_eval(args) -> int:
     from .pipeline import Pipeline
     from .training.data import validation_frames
 
+    if args.frames_dir and not args.split:
+        print("--frames-dir locates a split's frames: give --split too", file=sys.stderr)
+        return EXIT_USAGE
     files = iter_image_files(args.inputs)
     if args.split:
         files += validation_frames(args.split, args.frames_dir)
@@ -348,7 +351,9 @@ def cmd_degrade(args) -> int:
             degraded, clean_lr, clean_hr = degrade(clean, rng, degradation)
             for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr), ("clean_hr", clean_hr)):
                 write_tiff(args.output / f"{path.stem}_{k}_{label}.tif", image, None, provenance | {"draw": k})
-            Image.fromarray(_degrade_preview(degraded, clean_lr, clean_hr)).save(args.output / f"{path.stem}_{k}.png")
+            preview = Image.fromarray(_degrade_preview(degraded, clean_lr, clean_hr))
+            with open(args.output / f"{path.stem}_{k}_preview.png", "xb") as fh:  # never replaces a file
+                preview.save(fh, format="PNG")
         print(f"{path}: {args.count} degradations -> {args.output} (TIFF triples; PNG previews: "
               "degraded low-res | clean low-res | clean high-res)")
     return EXIT_OK
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (WeightsError, ConfigError, InputError, FileNotFoundError, ValueError) as err:
+    except (WeightsError, ConfigError, InputError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"etdms {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, Cancelled):

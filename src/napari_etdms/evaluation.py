@@ -110,7 +110,8 @@ def write_reports(out_dir: Path, reports: list[FrameReport], summary: dict, sett
         for r in reports:
             for method, m in r.metrics.items():  # seed_std: ETDMS with samples > 1 only
                 writer.writerow([r.name, method, *(f"{m[k]:.4f}" if k in m else "" for k in columns)])
-    (out_dir / "summary.json").write_text(json.dumps({"summary": summary, "settings": settings}, indent=2))
+    finite = json.loads(json.dumps(summary), parse_constant=lambda _: None)  # JSON has no Infinity: exact -> null
+    (out_dir / "summary.json").write_text(json.dumps({"summary": finite, "settings": settings}, indent=2))
     lines = ["# ETDMS evaluation", "", f"Frames: {len(reports)}. Settings: `{json.dumps(settings)}`", "",
              "| method | PSNR (dB) | SSIM | NRMSE | FRC resolution (HR px) | data consistency (dB) |",
              "|---|---|---|---|---|---|"]

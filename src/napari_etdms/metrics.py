@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .intensity import SIGNAL_SMOOTHING, IntensityMap
+
 
 def _numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):
@@ -67,16 +69,17 @@ def matched_ssim(reference, estimate) -> float:
 
 def consistency_psnr(low_res, high_res) -> float:
     """Data consistency of an upsampled frame: PSNR of its block means (one block per
-    low-res pixel) against the low-res frame it was made from, over that frame's 0.1/99.9
-    percentile range; no matching, since exactness is the point (infinite when exact)."""
+    low-res pixel) against the low-res frame it was made from, over the range of that frame's
+    signal (the pipeline's smoothed percentile fit, so a noisy source and a denoised one are
+    on one scale); no matching, since exactness is the point (infinite when exact)."""
     low, high = _numpy(low_res), _numpy(high_res)
     scale = high.shape[0] // low.shape[0]
     if high.shape != (low.shape[0] * scale, low.shape[1] * scale):
         raise ValueError(f"high-res {high.shape} is not a whole multiple of low-res {low.shape}")
     means = high.reshape(low.shape[0], scale, low.shape[1], scale).mean(axis=(1, 3))
     mse = float(np.mean((means - low) ** 2))
-    lo, hi = np.percentile(low, (0.1, 99.9))
-    return float(10 * np.log10(max(hi - lo, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")
+    signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
+    return float(10 * np.log10(max(signal.high - signal.low, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")
 
 
 FRC_THRESHOLD = 1.0 / 7.0

@@ -23,7 +23,7 @@ from . import __version__
 from .config import ModelConfig, model_config
 from .diffusion import DEFAULT_PRESET, SAMPLERS, default_steps, make_sampler
 from .diffusion.target import from_target, to_target, upsample_condition
-from .intensity import IntensityMap
+from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import consistency_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
@@ -31,10 +31,6 @@ from .tiling import Cancelled, TileGrid, blend_tiles
 from .weights import WeightsEntry, load_state, resolve
 
 MIN_SIDE = 8
-# The models learnt the clean frame's percentile range as [-1, 1]; the raw frame's own
-# percentiles are stretched by its noise (up to 2.6x on the validation frames), which fed
-# the denoiser a squashed signal: 0.37 dB lower on the low-res grid than this smoothed fit.
-SIGNAL_SMOOTHING = 2.0
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
 

@@ -52,7 +52,7 @@ for part, size in crops.items():
         image = load_normalised(Path(row["path"]))
         top, left = max(0, (image.shape[0] - size) // 2), max(0, (image.shape[1] - size) // 2)
         crop = np.clip(image[top:top + size, left:left + size], 0.0, 1.0)
-        tifffile.imwrite(out / Path(row["path"]).name, np.round(crop * 255).astype(np.uint8), compression="zlib")
+        tifffile.imwrite(out / Path(row["path"]).with_suffix(".tif").name, np.round(crop * 255).astype(np.uint8), compression="zlib")
 print(f"{sum(len(split[p]) for p in crops)} frames -> {out}")
 PY
 

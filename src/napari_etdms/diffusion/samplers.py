@@ -36,9 +36,10 @@ class Sampler:
     imperfect noise prediction would otherwise blow the few-step solvers up.
     """
 
-    def __init__(self, name: str, scheduler, eta: float, clip_range: float, prediction: str):
+    def __init__(self, name: str, scheduler, requested_steps: int, eta: float, clip_range: float, prediction: str):
         self.name = name
         self._scheduler = scheduler
+        self._requested_steps = requested_steps  # what set_timesteps was asked for (it may visit fewer)
         self._eta = eta
         self._clip = clip_range
         self._prediction = prediction
@@ -64,7 +65,7 @@ class Sampler:
     def sample(self, predict, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
         """Run the whole chain from pure noise: `predict(x_t, t)` gives the network's output.
         Each call starts the solver afresh (its multistep memory), so one sampler can draw many."""
-        self._scheduler.set_timesteps(self.steps)
+        self._scheduler.set_timesteps(self._requested_steps)
         x = self.initial_noise(shape, generator)
         if device is not None:
             x = x.to(device)
@@ -125,4 +126,4 @@ def make_sampler(
         )
     scheduler.set_timesteps(steps)
     # x0 estimates are clipped to +-1.5 in image units (a scaled residual's units scale with it)
-    return Sampler(name, scheduler, eta, 1.5 * config.target_scale, config.prediction)
+    return Sampler(name, scheduler, steps, eta, 1.5 * config.target_scale, config.prediction)

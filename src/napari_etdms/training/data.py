@@ -48,12 +48,19 @@ def _list_file(listing: Path) -> list[Path]:
 
 def validation_frames(split_file: str | Path, frames_dir: str | Path | None = None) -> list[Path]:
     """The validation frames of a run's split.json. The split records each frame's path where
-    it was trained; on another machine, `frames_dir` is the folder that now holds them (found
-    by file name)."""
+    it was trained; `frames_dir`, when given, is the folder that now holds them (found by file
+    name, in preference to the recorded paths)."""
     rows = json.loads(Path(split_file).read_text())["validation"]
+    recorded = [Path(row["path"]) for row in rows]
+    if frames_dir is not None:
+        names = [path.name for path in recorded]
+        if len(set(names)) < len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"{split_file}: two validation frames are named {twice}, so they cannot be found "
+                             "by name in --frames-dir; run without it, from the recorded paths")
+        recorded = [Path(frames_dir) / name for name in names]
     paths, missing = [], []
-    for recorded in (Path(row["path"]) for row in rows):
-        path = recorded if recorded.is_file() or frames_dir is None else Path(frames_dir) / recorded.name
+    for path in recorded:
         (paths if path.is_file() else missing).append(path)
     if missing:
         where = f"in {frames_dir}" if frames_dir is not None else "at the paths it records"

@@ -209,7 +209,6 @@ class StageTrainer:
         self.conditioner = self._stage1_model() if stage == "finetune" else None
         if not self._resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
-        self._record_settings()
         self.model = self.net
         if dist.is_initialized():
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -237,17 +236,19 @@ class StageTrainer:
         return self.dir / "settings.jsonl"
 
     def _record_settings(self) -> None:
-        """Append the resolved config (model, data, this stage's settings) whenever this stage
-        starts or resumes under settings that differ from the last ones recorded, so a run
-        continued with, e.g., a lower learning rate keeps the history of what it was trained with."""
+        """Add the resolved config (model, data, this stage's settings) whenever this stage
+        trains on under settings that differ from the last ones recorded, so a run continued
+        with, e.g., a lower learning rate keeps the history of what it was trained with.
+        Rewritten whole and renamed: a kill -9 cannot leave a torn line behind."""
         if not is_lead():
             return
         config = json.loads(self.config.model_dump_json())
         resolved = {key: config[key] for key in ("name", "model", "data", self.stage)}  # what this stage depends on
         history = read_settings_history(self.settings_history_path)
         if not history or history[-1]["config"] != resolved:
-            with self.settings_history_path.open("a") as fh:
-                fh.write(json.dumps({"from_iteration": self.iteration, "time": time.time(), "config": resolved}) + "\n")
+            history.append({"from_iteration": self.iteration, "time": time.time(), "config": resolved})
+            text = "".join(json.dumps(entry) + "\n" for entry in history)
+            _atomic_write(self.settings_history_path, lambda tmp: tmp.write_text(text))
 
     def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -397,6 +398,9 @@ class StageTrainer:
         losses: list[float] = []
         started = time.monotonic()
         self.net.train()
+        if self.iteration < total:  # only settings that train a step go on record
+            self._record_settings()
+
         def out_of_time() -> bool:  # no collective call per step when there is no budget to agree on
             return deadline != math.inf and bool(lead_decides(time.monotonic() >= deadline, self.device))
 
@@ -421,6 +425,8 @@ class StageTrainer:
                 self._log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
         bar.close()
         self.save()
+        if dist.is_initialized():
+            dist.barrier()  # the next stage may read this checkpoint on every rank
         return self.iteration
 
 
