@@ -331,11 +331,13 @@ def _degrade_preview(degraded, clean_lr, clean_hr):
 
 
 def cmd_degrade(args) -> int:
+    from functools import partial
+
     import numpy as np
     from PIL import Image
 
     from .evaluation import centre_crop
-    from .io import iter_image_files, write_tiff
+    from .io import iter_image_files, write_file_atomically, write_tiff
     from .training.data import load_normalised
     from .training.degrade import degrade
 
@@ -352,8 +354,7 @@ def cmd_degrade(args) -> int:
             for label, image in (("degraded_lr", degraded), ("clean_lr", clean_lr), ("clean_hr", clean_hr)):
                 write_tiff(args.output / f"{path.stem}_{k}_{label}.tif", image, None, provenance | {"draw": k})
             preview = Image.fromarray(_degrade_preview(degraded, clean_lr, clean_hr))
-            with open(args.output / f"{path.stem}_{k}_preview.png", "xb") as fh:  # never replaces a file
-                preview.save(fh, format="PNG")
+            write_file_atomically(args.output / f"{path.stem}_{k}_preview.png", partial(preview.save, format="PNG"))
         print(f"{path}: {args.count} degradations -> {args.output} (TIFF triples; PNG previews: "
               "degraded low-res | clean low-res | clean high-res)")
     return EXIT_OK

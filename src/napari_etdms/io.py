@@ -7,6 +7,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -421,7 +422,6 @@ def write_tiff(
             axes = "YX" if data.ndim == 2 else "ZYX"
     if len(axes) != data.ndim:
         raise ValueError(f"{path}: axes '{axes}' do not match data of shape {data.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"Info": json.dumps(provenance, default=str)}
     kwargs = {"photometric": "rgb" if axes.endswith("S") else "minisblack"}
     if pixel_size_nm:
@@ -431,10 +431,22 @@ def write_tiff(
     imagej = data.dtype.char in _IMAGEJ_DTYPES
     if axes not in ("YX", "YXS"):
         metadata["axes"] = axes
+    return write_file_atomically(
+        path, lambda tmp: tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, **kwargs), overwrite=overwrite
+    )
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
+    """`write(temporary_path)` beside `path`, then publish it under `path` in one step, so the file
+    appears only once complete. An existing file is never replaced unless `overwrite` is true."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists already; refusing to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, **kwargs)
+        write(tmp)
         if overwrite:
             os.replace(tmp, path)
         else:
