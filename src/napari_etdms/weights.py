@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, ModelConfig, model_config
+from .io import write_file_atomically
 
 DEFAULT_WEIGHTS = "etdms-sem-lite-v1"
 MANIFEST = "weights.json"
@@ -152,9 +153,8 @@ def write_entry(
     files = {}
     for part, state in states.items():
         path = folder / f"{part}.pt"
-        tmp = path.with_suffix(".pt.part")
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        write_file_atomically(path, lambda tmp, tensors=tensors: torch.save(tensors, tmp), overwrite=True)
         files[part] = {"file": path.name, "sha256": sha256_of(path)}
     manifest = {
         "name": name,

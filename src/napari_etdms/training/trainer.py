@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from ..config import ModelConfig, _Strict, load_json
 from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule, make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
+from ..io import write_file_atomically
 from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
@@ -140,13 +141,6 @@ class EMA:
         self.updates = int(state["updates"])
 
 
-def _atomic_write(path: Path, write) -> None:
-    """`write(temporary_path)`, then one rename: readers and a kill -9 never see half a file."""
-    tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def is_lead() -> bool:
     """True in a single-process run and in rank 0 of a distributed one (the one that writes)."""
     return not dist.is_initialized() or dist.get_rank() == 0
@@ -248,7 +242,7 @@ class StageTrainer:
         if not history or history[-1]["config"] != resolved:
             history.append({"from_iteration": self.iteration, "time": time.time(), "config": resolved})
             text = "".join(json.dumps(entry) + "\n" for entry in history)
-            _atomic_write(self.settings_history_path, lambda tmp: tmp.write_text(text))
+            write_file_atomically(self.settings_history_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
 
     def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -296,7 +290,7 @@ class StageTrainer:
             "iteration": self.iteration,
             "stage": self.stage,
         }
-        _atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        write_file_atomically(self.checkpoint_path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
     def _split(self) -> tuple[list[FrameInfo], list[FrameInfo]]:
         split_file = self.run_dir / "split.json"
@@ -319,7 +313,8 @@ class StageTrainer:
         if is_lead():
             payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
             # atomic: stages started side by side may read it while it is written
-            _atomic_write(split_file, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+            text = json.dumps(payload, indent=1)
+            write_file_atomically(split_file, lambda tmp: Path(tmp).write_text(text), overwrite=True)
             names = ", ".join(f.path.name for f in excluded[:5]) + (", ..." if len(excluded) > 5 else "")
             print(f"split: {len(train)} training and {len(val)} validation frames; {len(excluded)} frames noisier "
                   f"than max_target_noise={data.max_target_noise} are not used{': ' + names if excluded else ''} "
