@@ -2,7 +2,7 @@ import pytest
 from conftest import copy_with_preset, sem_like
 
 from napari_etdms import Pipeline, WeightsError
-from napari_etdms.weights import available, resolve, sha256_of
+from napari_etdms.weights import available, load_state, resolve, sha256_of, write_entry
 
 
 def test_round_trip_through_a_weights_folder(tiny_weights):
@@ -13,6 +13,14 @@ def test_round_trip_through_a_weights_folder(tiny_weights):
     meta = pipe.run(sem_like((32, 32)), tile=32, overlap=8).metadata
     assert meta["weights"]["name"] == "tiny-test" and meta["weights"]["hash"] == entry.short_hash
     assert meta["sampler"] == "ddim" and meta["steps"] == 4
+
+
+def test_exporting_the_same_weights_twice_gives_the_same_files(tiny_weights, tmp_path):
+    states = {part: load_state(tiny_weights, part) for part in tiny_weights.files}
+    again = write_entry(tmp_path / "again", "tiny-test", tiny_weights.config, states, {"sampler": "ddim", "steps": 4})
+    assert {part: again.files[part]["sha256"] for part in again.files} == {
+        part: tiny_weights.files[part]["sha256"] for part in tiny_weights.files}
+    assert again.short_hash == tiny_weights.short_hash
 
 
 def test_data_consistency_follows_the_weights_preset_unless_given(tiny_weights, tmp_path):

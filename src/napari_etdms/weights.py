@@ -8,6 +8,7 @@ shipped inside the installed package, then the `weights/` folder of a source che
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -153,8 +154,11 @@ def write_entry(
     files = {}
     for part, state in states.items():
         path = folder / f"{part}.pt"
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        write_file_atomically(path, lambda tmp, tensors=tensors: torch.save(tensors, tmp), overwrite=True)
+        # serialised in memory: torch.save names its archive after the file, and the temporary
+        # file's random name would make the bytes (and the hash) differ on every export
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buffer)
+        write_file_atomically(path, lambda tmp, data=buffer.getvalue(): Path(tmp).write_bytes(data), overwrite=True)
         files[part] = {"file": path.name, "sha256": sha256_of(path)}
     manifest = {
         "name": name,
