@@ -262,6 +262,17 @@ def test_train_command_runs_all_stages_and_exports(pool, tmp_path, capsys):
     assert torch.load(run / "stage1" / "checkpoint.pt", weights_only=True)["iteration"] == 2
 
 
+def test_a_run_stopped_by_its_budget_is_not_exported_and_says_so(pool, tmp_path, capsys):
+    from napari_etdms.cli import main
+
+    config_path = _write_config(tmp_path, tiny_train_config(pool, iterations=100000))
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "-c", str(config_path), "-s", "1", "--run-dir", str(run), "--max-minutes", "0.01",
+                 "--export", str(out)]) == 0
+    assert (run / "stage1" / "checkpoint.pt").is_file() and not out.exists()
+    assert "not exported: stage1 stopped before its last iteration" in capsys.readouterr().err
+
+
 def test_runs_record_every_config_they_were_trained_under(pool, tmp_path):
     from napari_etdms.cli import main
 

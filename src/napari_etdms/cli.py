@@ -274,6 +274,9 @@ def cmd_train(args) -> int:
                 target = trainer.settings.iterations
                 print(f"{stage}: iteration {reached}/{target}; checkpoint {trainer.checkpoint_path}")
             if reached < trainer.settings.iterations:
+                if args.export and is_lead():
+                    print(f"not exported: {stage} stopped before its last iteration; rerun the same command to "
+                          "resume, and it exports when training completes", file=sys.stderr)
                 return EXIT_OK
         if args.export and is_lead():
             entry = export(run_dir, config, args.export)
