@@ -19,8 +19,8 @@ import torch
 
 from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
 from napari_etdms.pipeline import Pipeline
-from napari_etdms.training.data import load_normalised, validation_frames
-from napari_etdms.training.degrade import DegradationConfig
+from napari_etdms.frames import load_normalised, validation_frames
+from napari_etdms.degradation import DegradationConfig
 
 SETTINGS = {
     # one step from pure noise: a v model's estimate of the mean given the condition

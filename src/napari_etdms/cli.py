@@ -30,7 +30,7 @@ def _add_degradation_option(p: argparse.ArgumentParser) -> None:
 
 def _degradation(value: str | None):
     from .config import ConfigError, load_json, parse
-    from .training.degrade import DegradationConfig
+    from .degradation import DegradationConfig
 
     if value is None:
         return DegradationConfig()
@@ -296,7 +296,7 @@ def cmd_eval(args) -> int:
     from .evaluation import run_evaluation
     from .io import iter_image_files
     from .pipeline import Pipeline
-    from .training.data import validation_frames
+    from .frames import validation_frames
 
     if args.frames_dir and not args.split:
         print("--frames-dir locates a split's frames: give --split too", file=sys.stderr)
@@ -341,8 +341,8 @@ def cmd_degrade(args) -> int:
 
     from .evaluation import centre_crop
     from .io import iter_image_files, write_file_atomically, write_tiff
-    from .training.data import load_normalised
-    from .training.degrade import degrade
+    from .frames import load_normalised
+    from .degradation import degrade
 
     files = iter_image_files(args.inputs)
     degradation = _degradation(args.degradation)

@@ -30,6 +30,8 @@ class SwinIRConfig(_Strict):
     num_heads: tuple[int, ...] = (4, 4, 4)
     window_size: int = Field(8, gt=0)
     mlp_ratio: float = Field(2.0, gt=0)
+    # noise-aware stage 1: input in the variance-stabilised domain plus a noise-level map
+    noise_map: bool = False
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -41,7 +43,7 @@ class SwinIRConfig(_Strict):
         return self
 
     def size(self) -> SwinIRSize:
-        return SwinIRSize(self.embed_dim, self.depths, self.num_heads, self.window_size, self.mlp_ratio)
+        return SwinIRSize(self.embed_dim, self.depths, self.num_heads, self.window_size, self.mlp_ratio, self.noise_map)
 
 
 class CLSRConfig(_Strict):

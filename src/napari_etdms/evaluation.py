@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import consistency_psnr, frc_resolution, match_to_reference, matched_psnr, matched_ssim, nrmse
-from .training.data import load_normalised
-from .training.degrade import SCALE, DegradationConfig, degrade
+from .frames import load_normalised
+from .degradation import SCALE, DegradationConfig, degrade
 
 METHODS = {
     "bicubic_input": "bicubic of degraded",

@@ -21,6 +21,8 @@ class SwinIRSize:
     num_heads: tuple[int, ...]
     window_size: int = 8
     mlp_ratio: float = 2.0
+    # a second input channel carries the noise level (FFDNet / DRUNet convention)
+    noise_map: bool = False
 
 
 def _relative_position_index(window: int) -> torch.Tensor:
@@ -139,8 +141,9 @@ class SwinIRDenoiser(nn.Module):
         if len(size.depths) != len(size.num_heads):
             raise ValueError("depths and num_heads must have the same length")
         self.window = size.window_size
+        self.noise_map = size.noise_map
         dim = size.embed_dim
-        self.conv_first = nn.Conv2d(1, dim, 3, padding=1)
+        self.conv_first = nn.Conv2d(2 if size.noise_map else 1, dim, 3, padding=1)
         self.embed_norm = nn.LayerNorm(dim)
         self.groups = nn.ModuleList(
             ResidualSwinGroup(dim, d, h, size.window_size, size.mlp_ratio)
@@ -177,9 +180,16 @@ class SwinIRDenoiser(nn.Module):
             self.groups[index].conv.weight.zero_()
             self.groups[index].conv.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise_level` (noise-map models only): the noise standard deviation of `x`, a
+        (B, 1, H, W) map or anything that broadcasts to it, e.g. (B, 1, 1, 1)."""
+        if self.noise_map != (noise_level is not None):
+            raise ValueError("this denoiser takes a noise-level map" if self.noise_map
+                             else "this denoiser takes no noise-level map")
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        if noise_level is not None:
+            x = torch.cat([x, noise_level.to(x.dtype).expand_as(x)], dim=1)
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if (pad_h or pad_w) else x
         feat = self.conv_first(xp)
         tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
@@ -187,5 +197,5 @@ class SwinIRDenoiser(nn.Module):
             tokens = group(tokens)
         body = self.body_norm(tokens).permute(0, 3, 1, 2)
         res = self.conv_after_body(body) + feat
-        out = xp + self.conv_last(res)
+        out = xp[:, :1] + self.conv_last(res)
         return out[..., :h, :w]

@@ -29,7 +29,7 @@ from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
-from .degrade import DegradationConfig
+from ..degradation import DegradationConfig
 
 STAGES = ("stage1", "stage2", "finetune")
 

@@ -9,11 +9,14 @@ Intensities are on [0, 1]; "coarse px" means low-res pixels (4 fine px).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from ..config import _Strict
+from .config import _Strict
+from .noise import NoiseModel
 
 SCALE = 4
 
@@ -42,6 +45,8 @@ class DegradationConfig(_Strict):
     row_flicker: tuple[float, float] = (0.01, 0.05)
     electrons: tuple[float, float] = (3.0, 100.0)  # at white level, drawn log-uniform
     read_sigma: tuple[float, float] = (0.005, 0.05)
+    # no shot, read or row noise at all (a noise-free acquisition; quantisation still applies)
+    p_noise_free: float = Field(0.0, ge=0, le=1)
     line_correlation_px: tuple[float, float] = (0.0, 1.5)
     row_offset: float = 0.02
     p_clip: float = Field(0.1, ge=0, le=1)
@@ -181,10 +186,25 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
+class Degraded(NamedTuple):
+    degraded: np.ndarray  # what the instrument recorded (low-res)
+    clean_lr: np.ndarray  # 4x4 block means of clean_hr
+    clean_hr: np.ndarray  # the target of stage 2
+    noiseless: np.ndarray  # the recorded frame without its noise: the target of a pure denoiser
+    noise: NoiseModel  # the noise added, on the degraded frame's scale
+
+
 def degrade(
     clean_hr: np.ndarray, rng: np.random.Generator, config: DegradationConfig = DegradationConfig()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (degraded low-res, clean low-res, clean high-res); sides are cropped to x4."""
+    return degrade_with_details(clean_hr, rng, config)[:3]
+
+
+def degrade_with_details(
+    clean_hr: np.ndarray, rng: np.random.Generator, config: DegradationConfig = DegradationConfig()
+) -> Degraded:
+    """`degrade`, also returning the noiseless recorded frame and the noise model used."""
     h, w = clean_hr.shape
     hr = np.asarray(clean_hr[: h - h % SCALE, : w - w % SCALE], dtype=np.float64)
     # Drift moves the specimen itself during the scan and one frame cannot reveal it, so the
@@ -227,14 +247,20 @@ def degrade(
             x, rng, _uniform(rng, config.streak_amplitude), _uniform(rng, config.streak_decay_px),
             _uniform(rng, config.row_flicker),
         )
-    log_e = np.log(config.electrons)
-    x = poisson_gaussian(
-        x,
-        rng,
-        float(np.exp(rng.uniform(*log_e))),
-        _uniform(rng, config.read_sigma),
-        _uniform(rng, config.line_correlation_px),
-        config.row_offset,
-    )
-    x = quantise(x, 8 if rng.random() < 0.5 else 16, clip=rng.random() < config.p_clip)
-    return x.astype(np.float32), clean_lr.astype(np.float32), hr.astype(np.float32)
+    noiseless = x
+    # (the draws keep their order from before p_noise_free existed: seeded reports stay reproducible)
+    if config.p_noise_free > 0 and rng.random() < config.p_noise_free:
+        electrons = read_sigma = 0.0
+    else:
+        electrons = float(np.exp(rng.uniform(*np.log(config.electrons))))
+        read_sigma = _uniform(rng, config.read_sigma)
+        x = poisson_gaussian(x, rng, electrons, read_sigma, _uniform(rng, config.line_correlation_px),
+                             config.row_offset)
+    bits = 8 if rng.random() < 0.5 else 16
+    row_variance = config.row_offset**2 / 3 if electrons else 0.0  # uniform in +-row_offset
+    noise = NoiseModel(1.0 / electrons if electrons else 0.0,
+                       read_sigma**2 + row_variance + 1.0 / ((2**bits - 1) ** 2 * 12),  # + quantisation
+                       row_offset_std=float(np.sqrt(row_variance)))
+    x = quantise(x, bits, clip=rng.random() < config.p_clip)
+    as32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    return Degraded(as32(x), as32(clean_lr), as32(hr), as32(noiseless), noise)
