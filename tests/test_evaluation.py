@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +9,19 @@ import torch
 from conftest import sem_like
 from PIL import Image
 
+from napari_etdms import baselines
 from napari_etdms.cli import main
-from napari_etdms.evaluation import METHODS, run_evaluation
+from napari_etdms.degradation import DegradationConfig, degrade_with_details
+from napari_etdms.evaluation import (
+    CLEAN,
+    METHODS,
+    dose_degradation,
+    parse_doses,
+    pick_frames,
+    read_sigma_for_dose,
+    run_evaluation,
+    source_of,
+)
 from napari_etdms.intensity import SIGNAL_SMOOTHING, IntensityMap
 from napari_etdms.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
 
@@ -119,8 +131,10 @@ def test_evaluation_without_learned_metric_weights_says_skipped(tiny_weights, cl
 
     raw = tmp_path / "raw"  # without stage 1: no stage-1 rows, and the CLSR row says what it ran on
     assert main([*args[:args.index("-o") + 1], str(raw), *args[args.index("-w"):], "--no-denoise"]) == 0
-    rows = {line.split(" | ")[0] for line in (raw / "report.md").read_text().splitlines() if line.startswith("| ")}
-    assert rows == {"| method", "| bicubic of degraded", "| ETDMS (CLSR on the raw frame)"}
+    table = (raw / "report.md").read_text().split("\n\n")[2]  # the methods table (per-source rows come later)
+    rows = {line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")}
+    assert rows == {"| method", "| bicubic of degraded", "| non-local means + bicubic", "| BM3D + bicubic",
+                    "| ETDMS (CLSR on the raw frame)"}
     assert {p.name for p in raw.iterdir()} == {"report.md", "metrics.csv", "summary.json", "crops.png", "metrics.png"}
     denoised_only = tmp_path / "denoised-only"  # --no-sr: the baselines and the stage-1 row
     assert main([*args[:args.index("-o") + 1], str(denoised_only), *args[args.index("-w"):], "--no-sr"]) == 0
@@ -170,3 +184,144 @@ def test_degrade_command_writes_examples(clean_frames, tmp_path, capsys):
     assert main(command) == 0
     degraded, clean_lr = (tifffile.imread(ideal / f"clean0_0_{label}.tif") for label in ("degraded_lr", "clean_lr"))
     assert np.abs(degraded - clean_lr).max() <= 0.5 / 255 * np.ptp(clean_lr) + 1e-6
+
+
+# ---- dose sweep, classical baselines, sources ---------------------------------------------
+
+
+@pytest.fixture
+def sourced_frames(tmp_path):
+    """Two small frames of two sources, named as in the training pool (<source>__<rest>.tif)."""
+    paths = []
+    for i, (source, shape) in enumerate([("alpha", (64, 64)), ("beta", (64, 80))]):
+        path = tmp_path / f"{source}__frame{i}.tif"
+        tifffile.imwrite(path, sem_like(shape, np.uint16, seed=i))
+        paths.append(path)
+    return paths
+
+
+def test_dose_presets_set_what_they_claim():
+    shipped = DegradationConfig()
+    plain, full = dose_degradation("plain", 30), dose_degradation("full", 30)
+    assert plain.p_blur == plain.p_drift == plain.p_jitter == plain.p_contrast == plain.p_charging == 0
+    assert plain.sampling_modes == {"area": 1.0} and plain.line_correlation_px == (0, 0)
+    assert plain.row_offset == plain.p_clip == 0
+    # full: the shipped degradation with only the dose (and its read noise) set
+    assert full.model_dump(exclude={"electrons", "read_sigma"}) == shipped.model_dump(exclude={"electrons",
+                                                                                               "read_sigma"})
+    for config in (plain, full):
+        assert config.electrons == (30, 30) and config.read_sigma == (0.01, 0.01) and config.p_noise_free == 0
+    assert read_sigma_for_dose(30) == 0.01 and read_sigma_for_dose(1000) == pytest.approx(0.00316, abs=1e-5)
+    assert dose_degradation("full", 3000).read_sigma == (read_sigma_for_dose(3000),) * 2
+    assert dose_degradation("plain", CLEAN).p_noise_free == 1
+    custom = dose_degradation("full", 100, DegradationConfig(p_blur=0.0))  # --degradation is the full kind's base
+    assert custom.p_blur == 0 and custom.electrons == (100, 100)
+    with pytest.raises(ValueError, match="unknown degradation kind"):
+        dose_degradation("medium", 30)
+    assert parse_doses("clean, 300,3,30,3") == [3.0, 30.0, 300.0, CLEAN]
+    for bad in ("0", "ten", ""):
+        with pytest.raises(ValueError, match="--doses"):
+            parse_doses(bad)
+
+
+def test_clean_dose_adds_no_noise_and_plain_is_area_sampling():
+    clean = sem_like((64, 64), np.float64, seed=3)
+    rng = np.random.default_rng(0)
+    out = degrade_with_details(clean, rng, dose_degradation("plain", CLEAN))
+    assert out.noise.gain == 0  # no shot noise
+    # plain + clean: the recorded frame is the clean low-res frame up to 8/16-bit quantisation
+    assert np.abs(out.degraded - out.clean_lr).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_allclose(out.clean_hr, clean, atol=1e-6)  # no drift, no phase shift: area sampling
+    noisy = degrade_with_details(clean, np.random.default_rng(0), dose_degradation("plain", 30))
+    assert np.abs(noisy.degraded - noisy.clean_lr).max() > 0.05
+
+
+def test_sources_and_quick_frame_picks():
+    assert source_of("llnl-list__Au_spheres.tif") == "llnl-list" and source_of("/a/b/nasa-pmm__x__y.tif") == "nasa-pmm"
+    assert source_of("frame.tif") == "other" and source_of("__odd.tif") == "other"
+    frames = [Path(f"{s}__{i}.tif") for s, i in [("a", 0), ("a", 1), ("a", 2), ("b", 3)]]
+    assert pick_frames(frames, 2) == [frames[0], frames[3]]  # one of each source first
+    assert pick_frames(frames, None) == frames
+
+
+def test_nlm_baseline_beats_bicubic_of_the_noisy_frame():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    clean_hr = ndimage.gaussian_filter(rng.random((256, 256)), 6)
+    clean_hr = (clean_hr - clean_hr.min()) / np.ptp(clean_hr)
+    degraded, _, hr = degrade_with_details(clean_hr, np.random.default_rng(1), dose_degradation("plain", 30))[:3]
+    denoised, nlm = baselines.restore("nlm", degraded)
+    assert nlm.shape == hr.shape and denoised.shape == degraded.shape
+    assert abs(denoised.mean() - degraded.mean()) < 0.01  # back on the frame's own scale
+    assert matched_psnr(hr, nlm) > matched_psnr(hr, baselines.upsample(degraded)) + 2
+
+
+def test_dose_sweep_has_every_kind_dose_and_method_and_holds_out_sources(tiny_pipeline, sourced_frames, tmp_path):
+    out = tmp_path / "sweep"
+    outcome = run_evaluation(tiny_pipeline, sourced_frames, out, crop=None, run_options=QUICK,
+                             doses=[30.0, CLEAN], held_out_sources=["beta"])
+    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.csv", "summary.json", "dose-sweep.png"}
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    combos = {(r["kind"], r["dose"], r["method"]) for r in rows}
+    assert combos == {(k, d, m) for k in ("full", "plain") for d in ("30", "clean") for m in METHODS}
+    assert len(rows) == 2 * 2 * 2 * len(METHODS)  # kinds x doses x frames x methods
+    assert {(r["source"], r["held_out"]) for r in rows} == {("alpha", "0"), ("beta", "1")}
+    sweep = json.loads((out / "summary.json").read_text())["sweep"]
+    for kind in ("full", "plain"):
+        point = sweep[kind]["30"]
+        assert point["frames"] == {"all": 2, "held_out": 1, "same_sources": 1}
+        assert set(point["sources"]) == {"alpha", "beta"}
+        # the held-out table is the held-out frame's own figures
+        beta = next(r for r in outcome["reports"] if r.kind == kind and r.dose == "30" and r.source == "beta")
+        assert point["held_out"]["nlm_bicubic"]["psnr"] == pytest.approx(beta.metrics["nlm_bicubic"]["psnr"])
+        assert sweep[kind]["clean"]["all"]["extra"]["degraded_psnr_lr"] > point["all"]["extra"]["degraded_psnr_lr"]
+    report = (out / "report.md").read_text()
+    assert "## full degradation" in report and "## plain degradation" in report
+    assert "### Held-out sources (never trained on: beta; 1 frame): PSNR (dB) / SSIM" in report
+    assert "### Same sources as training (1 frame)" in report and "| beta (held out) | 1 | clean |" in report
+    header = next(line for line in report.splitlines() if line.startswith("| e-/px | degraded"))
+    assert all(f"| {label} |" in header for label in METHODS.values())  # the baselines among them
+    assert Image.open(out / "dose-sweep.png").size[0] > 600
+
+
+def test_bm3d_missing_is_reported_as_skipped(tiny_pipeline, sourced_frames, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # `import bm3d` now raises ImportError
+    assert baselines.unavailable(["nlm", "bm3d"]) == {"bm3d": "skipped, install napari-etdms[baselines]"}
+    out = tmp_path / "no-bm3d"
+    outcome = run_evaluation(tiny_pipeline, sourced_frames[:1], out, crop=None, held_out_sources=["alpha"],
+                             run_options=dict(super_resolve=False, **QUICK))
+    report = (out / "report.md").read_text()
+    # one degradation: held-out and same-source rows apart (here no same-source frame), and per-source rows
+    assert "| Held-out sources (never trained on: alpha; 1 frame) | " in report
+    assert "| Same sources as training (0 frames) |" in report and "| alpha (held out) | 1 |" in report
+    assert "- BM3D: skipped, install napari-etdms[baselines]" in report
+    assert "| non-local means + bicubic |" in report and "| BM3D + bicubic |" not in report
+    assert outcome["skipped"] == {"BM3D": "skipped, install napari-etdms[baselines]"}
+    assert "bm3d_bicubic" not in {r["method"] for r in csv.DictReader((out / "metrics.csv").open())}
+
+
+def test_eval_command_sweeps_doses_and_reads_held_out_sources_from_the_split(tiny_weights, sourced_frames,
+                                                                             tmp_path, capsys):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "validation": [{"path": str(p)} for p in sourced_frames],
+                                 "held_out_sources": ["alpha"]}))
+    out = tmp_path / "cli-sweep"
+    common = ["-w", str(tiny_weights.folder), "--steps", "2", "--tile", "32", "--overlap", "8"]
+    assert main(["eval", "--split", str(split), "-o", str(out), "--doses", "clean", "--degradation-kind", "plain",
+                 "--baselines", "nlm", *common]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {(r["kind"], r["dose"]) for r in rows} == {("plain", "clean")}
+    assert {r["method"] for r in rows} == set(METHODS) - {"bm3d_bicubic"}
+    assert {(r["source"], r["held_out"]) for r in rows} == {("alpha", "1"), ("beta", "0")}
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["held_out_sources"] == ["alpha"] and settings["kinds"] == ["plain"]
+    assert "never trained on: alpha" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(sourced_frames[0]), "-o", str(tmp_path / "x"), "--degradation-kind", "plain",
+                 *common]) == 2
+    assert "give --doses too" in capsys.readouterr().err
+    assert main(["eval", str(sourced_frames[0]), "-o", str(tmp_path / "x"), "--doses", "3,zero", *common]) == 1
+    assert "neither a number" in capsys.readouterr().err

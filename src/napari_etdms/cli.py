@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="degrade clean frames with a fixed seed, restore them, report metrics and figures",
         description="Evaluate on clean SEM frames: each is degraded with the shipped SEM degradation (fixed seed), "
         "restored, and compared with the original: PSNR, SSIM, NRMSE, FRC resolution, data consistency, for "
-        "bicubic, stage 1 + bicubic and ETDMS. Writes report.md, metrics.csv, summary.json, crops.png, metrics.png.",
+        "bicubic, non-local means / BM3D + bicubic, stage 1 + bicubic and ETDMS, for all frames, per source, and "
+        "for held-out sources apart. Writes report.md, metrics.csv, summary.json, crops.png, metrics.png; with "
+        "--doses, a dose sweep (one command) with dose-sweep.png instead of the last two.",
     )
     ev.add_argument("inputs", nargs="*", metavar="INPUT", help="clean frames (files or folders)")
     ev.add_argument("--split", type=Path, help="a training run's split.json: evaluate its validation frames")
@@ -122,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="feature extractor (e.g. InceptionV3) as TorchScript (.pt) or torch.export (.pt2): "
                     "(N, 3, h, w) images in [0, 1] -> (N, D) features")
     _add_degradation_option(ev)
+    sweep = ev.add_argument_group("dose sweep, baselines and sources")
+    sweep.add_argument("--doses", metavar="LIST",
+                       help="a dose sweep in one command: electrons per pixel at white level, comma-separated, "
+                       "'clean' for noise-free, e.g. 3,10,30,100,300,1000,3000,clean (read noise per dose: "
+                       "min(0.01, 0.1/sqrt(dose)))")
+    sweep.add_argument("--degradation-kind", choices=["full", "plain", "both"],
+                       help="with --doses: 'full' (the shipped SEM degradation, or --degradation's, with only the "
+                       "dose set), 'plain' (4x area sampling + Poisson-Gaussian noise only) or 'both' (default)")
+    sweep.add_argument("--baselines", default="nlm,bm3d", metavar="LIST",
+                       help="classical baselines on the degraded frame, then bicubic x4: nlm, bm3d (the extra "
+                       "napari-etdms[baselines]), comma-separated, or 'none' (default nlm,bm3d)")
+    sweep.add_argument("--held-out-sources", metavar="LIST",
+                       help="sources never trained on (the file-name part before '__'), comma-separated: reported "
+                       "apart from the others; a split's top-level 'held_out_sources' is read as well")
+    sweep.add_argument("--max-frames", type=int, metavar="N",
+                       help="evaluate at most N frames, taken from the sources in turn (quick runs)")
     _add_run_options(ev)
 
     deg = sub.add_parser("degrade", help="write simulated SEM degradations of clean frames, to look at")
@@ -292,18 +310,33 @@ def _run_options(args) -> dict:
                 overlap=args.overlap, batch_size=args.batch_size)
 
 
+def _names(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def cmd_eval(args) -> int:
-    from .evaluation import run_evaluation
+    from .evaluation import DEGRADATION_KINDS, parse_doses, run_evaluation, split_held_out_sources
+    from .frames import validation_frames
     from .io import iter_image_files
     from .pipeline import Pipeline
-    from .frames import validation_frames
 
     if args.frames_dir and not args.split:
         print("--frames-dir locates a split's frames: give --split too", file=sys.stderr)
         return EXIT_USAGE
+    if args.degradation_kind and not args.doses:
+        print("--degradation-kind chooses the degradations of a dose sweep: give --doses too", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_frames is not None and args.max_frames < 1:
+        print("--max-frames: give a positive number of frames", file=sys.stderr)
+        return EXIT_USAGE
+    doses = parse_doses(args.doses) if args.doses else None
+    kinds = DEGRADATION_KINDS if args.degradation_kind in (None, "both") else (args.degradation_kind,)
+    baselines = [] if args.baselines.strip().lower() == "none" else _names(args.baselines)
+    held_out = _names(args.held_out_sources)
     files = iter_image_files(args.inputs)
     if args.split:
         files += validation_frames(args.split, args.frames_dir)
+        held_out += [name for name in split_held_out_sources(args.split) if name not in held_out]
     if not files:
         print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
         return EXIT_USAGE
@@ -313,7 +346,8 @@ def cmd_eval(args) -> int:
     try:
         run_evaluation(pipeline, files, args.output, args.seed, args.crop or None, degradation,
                        run_options=_run_options(args), lpips_weights=args.lpips_weights,
-                       fid_weights=args.fid_weights, progress=update)
+                       fid_weights=args.fid_weights, progress=update, doses=doses, kinds=kinds,
+                       held_out_sources=held_out, baselines=baselines, max_frames=args.max_frames)
     finally:
         bar.close()
     print((args.output / "report.md").read_text())
