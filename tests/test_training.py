@@ -314,7 +314,7 @@ def test_stage2_learns_the_scaled_detail_over_the_clean_low_res_frame(pool, tmp_
     trainer.schedule.training_loss = lambda predict, x0, loss: seen.append(x0) or x0.abs().mean()
     degraded, clean_lr, clean_hr = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
     for _ in range(2):  # the condition gets fresh noise each time; the target must not follow it
-        trainer.loss((degraded, clean_lr, clean_hr))
+        trainer.loss({"degraded": degraded, "clean_lr": clean_lr, "clean_hr": clean_hr})
     assert torch.equal(seen[0], seen[1])
     assert torch.allclose(seen[0], 4.0 * (clean_hr - upsample_condition(clean_lr)), atol=1e-5)
     assert torch.allclose(from_target(seen[0], clean_lr, residual), clean_hr, atol=1e-5)
@@ -385,12 +385,12 @@ def test_finetune_grows_the_measured_input_from_another_run_s_clsr(pool, tmp_pat
 
 def test_stage1_loss_is_selectable(pool, tmp_path):
     config = tiny_train_config(pool)
-    batch = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
+    batch = {"degraded": torch.rand(2, 1, 16, 16), "clean_lr": torch.rand(2, 1, 16, 16)}
     for name, reference in (("l1", torch.nn.functional.l1_loss), ("mse", torch.nn.functional.mse_loss)):
         chosen = config.model_copy(update={"stage1": config.stage1.model_copy(update={"loss": name})})
         trainer = StageTrainer(chosen, "stage1", tmp_path / name)
         with torch.no_grad():
-            expected = reference(trainer.net(batch[0]), batch[1])
+            expected = reference(trainer.net(batch["degraded"]), batch["clean_lr"])
             assert torch.allclose(trainer.loss(batch), expected)
     with pytest.raises(ValueError, match="stage1.residual_over"):
         TrainConfig.model_validate({**config.model_dump(mode="json"), "stage1": {"residual_over": "condition"}})
@@ -409,9 +409,9 @@ def test_diffusion_stages_take_the_loss_and_the_residual_base(pool, tmp_path, re
     trainer = StageTrainer(config, "stage2", tmp_path / "run")
     seen = []
     trainer.schedule.training_loss = lambda predict, x0, loss: seen.append((x0, loss)) or x0.abs().mean()
-    trainer._condition = lambda degraded, clean_lr, generator=None: degraded  # a condition unlike the clean frame
+    trainer.recipe.condition = lambda batch, generator=None: batch["degraded"]  # a condition unlike the clean frame
     degraded, clean_lr, clean_hr = (torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 64, 64))
-    trainer.loss((degraded, clean_lr, clean_hr))
+    trainer.loss({"degraded": degraded, "clean_lr": clean_lr, "clean_hr": clean_hr})
     x0, loss = seen[0]
     base = degraded if residual_over == "condition" else clean_lr
     assert loss == "mse"

@@ -155,13 +155,19 @@ class SwinIRDenoiser(nn.Module):
 
     @torch.no_grad()
     def grow_from(self, state: dict[str, torch.Tensor]) -> None:
-        """Start from a trained denoiser of the same width with fewer residual groups.
+        """Start from a trained denoiser of the same width with fewer residual groups (or a
+        blind one, when this one takes a noise-level map).
 
         Its weights are copied; each extra group starts with a zero closing conv, so it is
         an identity and the grown network computes exactly what the trained one did, then
         learns with more capacity (cheaper than training the deeper network from scratch).
         """
         own = self.state_dict()
+        state = dict(state)
+        first = state.get("conv_first.weight")
+        if first is not None and self.noise_map and first.shape[1] == 1:
+            # a blind denoiser grows the noise-level channel, starting with zero weights on it
+            state["conv_first.weight"] = torch.cat([first, torch.zeros_like(first)], dim=1)
         for name, value in state.items():
             if name not in own:
                 raise ValueError(f"cannot grow from these weights: '{name}' has no place in this network")

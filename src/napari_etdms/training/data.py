@@ -6,15 +6,21 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..degradation import SCALE, DegradationConfig, degrade_with_details
 from ..frames import load_normalised
+from ..intensity import SIGNAL_SMOOTHING, IntensityMap
 from ..io import iter_image_files
-from ..degradation import SCALE, DegradationConfig, degrade
+
+
+# Noisy frames become targets only after an area down-sampling by one of these factors
+# averages their noise away (the noise std halves per 2x for white noise).
+TARGET_DOWNSAMPLING = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,34 @@ class FrameInfo:
     path: Path
     scene: str
     noise_sigma: float
+    # the noise after each of TARGET_DOWNSAMPLING (empty: not measured)
+    downsampled_noise_sigma: tuple[float, ...] = ()
+    downsample: int = 1  # the factor a training stream applies to this frame
+
+    @property
+    def source(self) -> str:
+        """The training pool names its files <source>__<name>."""
+        return self.path.name.split("__")[0] if "__" in self.path.name else ""
+
+    def as_target(self, max_noise: float) -> FrameInfo | None:
+        """This frame as a high-res target no noisier than `max_noise`: as it is, down-sampled
+        by the smallest factor that is clean enough, or None."""
+        if self.noise_sigma <= max_noise:
+            return self
+        for factor, sigma in zip(TARGET_DOWNSAMPLING, self.downsampled_noise_sigma):
+            if sigma <= max_noise:
+                return replace(self, downsample=factor)
+        return None
+
+    def as_row(self) -> dict:
+        return {"path": str(self.path), "scene": self.scene, "noise_sigma": round(self.noise_sigma, 5),
+                "downsampled_noise_sigma": [round(s, 5) for s in self.downsampled_noise_sigma],
+                "downsample": self.downsample}
+
+    @classmethod
+    def from_row(cls, row: dict) -> FrameInfo:
+        return cls(Path(row["path"]), row["scene"], row["noise_sigma"],
+                   tuple(row.get("downsampled_noise_sigma", ())), row.get("downsample", 1))
 
 
 def list_frames(inputs: list[str | Path]) -> list[Path]:
@@ -65,8 +99,20 @@ def estimate_noise(image01: np.ndarray) -> float:
     return float(estimate_sigma(image01))
 
 
+def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    h, w = image.shape[0] - image.shape[0] % factor, image.shape[1] - image.shape[1] % factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
 def screen_frames(paths: list[Path]) -> list[FrameInfo]:
-    return [FrameInfo(p, scene_key(p), estimate_noise(load_normalised(p))) for p in paths]
+    def info(path: Path) -> FrameInfo:
+        image = load_normalised(path)
+        sigmas = tuple(estimate_noise(area_downsample(image, f)) for f in TARGET_DOWNSAMPLING)
+        return FrameInfo(path, scene_key(path), estimate_noise(image), sigmas)
+
+    return [info(p) for p in paths]
 
 
 def split_frames(frames: list[FrameInfo], validation_fraction: float, seed: int) -> tuple[list, list]:
@@ -98,7 +144,10 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 
 
 class CropStream(torch.utils.data.IterableDataset):
-    """Endless random (degraded low-res, clean low-res, clean high-res) crops.
+    """Endless random crops, each a dict: degraded low-res, clean low-res, clean high-res and
+    the noiseless recorded low-res frame on the clean crop's [-1, 1] scale; the noise model
+    added (gain, offset on the [0, 1] scale) and the degraded crop's fitted signal range
+    (`fit`: low, high on that scale, as the pipeline fits a frame).
 
     Frames are read lazily and kept once in memory, normalised to [0, 1] float16
     (half the footprint of float32); crops are degraded on the fly.
@@ -111,24 +160,29 @@ class CropStream(torch.utils.data.IterableDataset):
         self.hr_crop = hr_crop
         self.seed = seed
         self.degradation = degradation
-        self._cache: dict[Path, np.ndarray] = {}
+        self._cache: dict[tuple[Path, int], np.ndarray] = {}
 
-    def frame(self, path: Path) -> np.ndarray:
-        if path not in self._cache:
-            self._cache[path] = load_normalised(path).astype(np.float16)
-        return self._cache[path]
+    def frame(self, info: FrameInfo) -> np.ndarray:
+        key = (info.path, info.downsample)
+        if key not in self._cache:
+            self._cache[key] = area_downsample(load_normalised(info.path), info.downsample).astype(np.float16)
+        return self._cache[key]
 
     def sample(self, rng: np.random.Generator):
         info = self.frames[int(rng.integers(len(self.frames)))]
-        image = self.frame(info.path)
+        image = self.frame(info)
         h, w = image.shape
         c = min(self.hr_crop, h - h % SCALE, w - w % SCALE)
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
         crop = augment([image[y : y + c, x : x + c].astype(np.float64)], rng)[0]
         # Degraded crops keep the simulated gain/offset, in the clean frame's intensity scale;
         # the pipeline matches that scale by fitting its range to the smoothed frame.
-        degraded, clean_lr, clean_hr = degrade(crop, rng, self.degradation)
-        return tuple(torch.from_numpy(a * 2.0 - 1.0)[None] for a in (degraded, clean_lr, clean_hr))
+        made = degrade_with_details(crop, rng, self.degradation)
+        fit = IntensityMap.fit(made.degraded, smoothing=SIGNAL_SMOOTHING)
+        images = {key: torch.from_numpy(getattr(made, key) * 2.0 - 1.0)[None]
+                  for key in ("degraded", "clean_lr", "clean_hr", "noiseless")}
+        return images | {"noise": torch.tensor([made.noise.gain, made.noise.offset], dtype=torch.float32),
+                         "fit": torch.tensor([fit.low, fit.high], dtype=torch.float32)}
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -137,8 +191,8 @@ class CropStream(torch.utils.data.IterableDataset):
         while True:
             yield self.sample(rng)
 
-    def fixed_batch(self, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    def fixed_batch(self, count: int, seed: int) -> dict[str, torch.Tensor]:
         """A reproducible set of crops (validation)."""
         rng = np.random.default_rng(seed)
         samples = [self.sample(rng) for _ in range(count)]
-        return tuple(torch.stack(parts) for parts in zip(*samples))
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

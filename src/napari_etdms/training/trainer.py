@@ -22,13 +22,12 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from ..config import ModelConfig, _Strict, load_json
-from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule, make_sampler
-from ..diffusion.target import from_target, to_target, upsample_condition
+from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule
 from ..io import write_file_atomically
-from ..metrics import psnr, ssim
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
+from .recipes import BlindDenoising, ConditionalDiffusion, NoiseAwareDenoising
 from ..degradation import DegradationConfig
 
 STAGES = ("stage1", "stage2", "finetune")
@@ -38,6 +37,11 @@ class DataConfig(_Strict):
     inputs: list[str]
     validation_fraction: float = Field(0.12, gt=0, lt=1)
     max_target_noise: float = Field(0.05, gt=0)
+    # frames noisier than max_target_noise: "exclude" them, or "downsample" them (2x or 4x area
+    # averaging) into cleaner training targets; validation frames are always clean as stored
+    noisy_frames: Literal["exclude", "downsample"] = "exclude"
+    # whole sources (file-name prefix before "__") kept out of training, for validation only
+    held_out_sources: list[str] = []
     seed: int = 0
     degradation: DegradationConfig = DegradationConfig()
 
@@ -200,7 +204,7 @@ class StageTrainer:
         self.optimizer = optimizer(self.net.parameters(), lr=self.settings.learning_rate,
                                    weight_decay=self.settings.weight_decay)
         self.iteration = 0
-        self.conditioner = self._stage1_model() if stage == "finetune" else None
+        conditioner = self._stage1_model() if stage == "finetune" else None
         if not self._resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
         self.model = self.net
@@ -208,7 +212,11 @@ class StageTrainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.net)
         train, val = self._split()
         if self.settings.max_target_noise is not None:
-            cleaner = [f for f in train if f.noise_sigma <= self.settings.max_target_noise]
+            limit = self.settings.max_target_noise
+            if config.data.noisy_frames == "downsample":
+                cleaner = [t for t in (f.as_target(limit) for f in train) if t is not None]
+            else:
+                cleaner = [f for f in train if f.noise_sigma <= limit]
             if not cleaner:
                 limit = self.settings.max_target_noise
                 raise ValueError(f"{stage}: no training frame is below max_target_noise={limit}")
@@ -219,6 +227,10 @@ class StageTrainer:
         self.validation = CropStream(val, crop, config.data.seed, config.data.degradation).fixed_batch(
             self.settings.validation_crops, seed=12345
         )
+        if stage == "stage1":
+            self.recipe = (NoiseAwareDenoising if config.model.swinir.noise_map else BlindDenoising)(self)
+        else:
+            self.recipe = ConditionalDiffusion(self, conditioner)
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -297,80 +309,56 @@ class StageTrainer:
         data = self.config.data
         if split_file.is_file():
             saved = json.loads(split_file.read_text())
-            to_info = lambda rows: [FrameInfo(Path(r["path"]), r["scene"], r["noise_sigma"]) for r in rows]  # noqa: E731
-            return to_info(saved["train"]), to_info(saved["validation"])
+            return [FrameInfo.from_row(r) for r in saved["train"]], [FrameInfo.from_row(r) for r in saved["validation"]]
         frames = screen_frames(list_frames(data.inputs))
-        clean = [f for f in frames if f.noise_sigma <= data.max_target_noise]
-        excluded = [f for f in frames if f.noise_sigma > data.max_target_noise]
+        held_out = [f for f in frames if f.source in data.held_out_sources]
+        pool = [f for f in frames if f.source not in data.held_out_sources]
+        clean = [f for f in pool if f.noise_sigma <= data.max_target_noise]
+        noisy = [f for f in pool if f.noise_sigma > data.max_target_noise]
+        downsampled = []
+        if data.noisy_frames == "downsample":
+            downsampled = [t for t in (f.as_target(data.max_target_noise) for f in noisy) if t is not None]
+        excluded = [f for f in noisy if f.path not in {t.path for t in downsampled}]
+        excluded += [f for f in held_out if f.noise_sigma > data.max_target_noise]
         if not clean:
             raise ValueError(f"every frame is noisier than max_target_noise={data.max_target_noise}")
         train, val = split_frames(clean, data.validation_fraction, data.seed)
         if not train or not val:
             train, val = (train or val), (val or train)  # a tiny pool: validate on training frames
-        as_rows = lambda infos: [  # noqa: E731
-            {"path": str(f.path), "scene": f.scene, "noise_sigma": round(f.noise_sigma, 5)} for f in infos
-        ]
+        # noisy frames train (down-sampled) but never validate: their scene's clean frames may
+        train = [f for f in train + downsampled if f.scene not in {v.scene for v in val}]
+        val += [f for f in held_out if f.noise_sigma <= data.max_target_noise]
         if is_lead():
-            payload = {"train": as_rows(train), "validation": as_rows(val), "excluded_noisy": as_rows(excluded)}
+            payload = {"held_out_sources": list(data.held_out_sources), "noisy_frames": data.noisy_frames,
+                       "train": [f.as_row() for f in train], "validation": [f.as_row() for f in val],
+                       "excluded_noisy": [f.as_row() for f in excluded]}
             # atomic: stages started side by side may read it while it is written
             text = json.dumps(payload, indent=1)
             write_file_atomically(split_file, lambda tmp: Path(tmp).write_text(text), overwrite=True)
             names = ", ".join(f.path.name for f in excluded[:5]) + (", ..." if len(excluded) > 5 else "")
-            print(f"split: {len(train)} training and {len(val)} validation frames; {len(excluded)} frames noisier "
-                  f"than max_target_noise={data.max_target_noise} are not used{': ' + names if excluded else ''} "
-                  f"(all listed in {split_file})")
+            print(f"split: {len(train)} training ({len(downsampled)} down-sampled to clean them) and {len(val)} "
+                  f"validation frames ({len(held_out)} of held-out sources {', '.join(data.held_out_sources)}); "
+                  f"{len(excluded)} frames noisier than max_target_noise={data.max_target_noise} are not used"
+                  f"{': ' + names if excluded else ''} (all listed in {split_file})")
         return train, val
 
     # ---- steps -----------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
         if self.settings.precision == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _condition(self, degraded: torch.Tensor, clean_lr: torch.Tensor, generator=None) -> torch.Tensor:
-        if self.conditioner is not None:
-            with torch.no_grad(), self._autocast():
-                return self.conditioner(degraded).float()
-        sigma = self.settings.condition_noise * 2.0  # [0, 1] units -> [-1, 1] units
-        strength = torch.rand(clean_lr.shape[0], 1, 1, 1, generator=generator) * sigma
-        noise = strength * torch.randn(clean_lr.shape, generator=generator)  # a CPU generator: same on any device
-        return clean_lr + noise.to(clean_lr.device)
+    def _on_device(self, batch: dict) -> dict:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
-    def loss(self, batch) -> torch.Tensor:
-        degraded, clean_lr, clean_hr = (t.to(self.device, non_blocking=True) for t in batch)
-        with self._autocast():
-            if self.stage == "stage1":
-                criterion = torch.nn.functional.mse_loss if self.settings.loss == "mse" else torch.nn.functional.l1_loss
-                return criterion(self.model(degraded).float(), clean_lr)
-            cond = self._condition(degraded, clean_lr)
-            base = cond if self.settings.residual_over == "condition" else clean_lr
-            x0 = to_target(clean_hr, base, self.config.model.diffusion)
-            model_cond = self.net.condition(cond, degraded)
-            return self.schedule.training_loss(lambda x_t, t: self.model(x_t, model_cond, t), x0, self.settings.loss)
+    def loss(self, batch: dict) -> torch.Tensor:
+        with self.autocast():
+            return self.recipe.loss(self._on_device(batch))
 
     @torch.no_grad()
     def validate(self) -> dict:
-        degraded, clean_lr, clean_hr = self.validation
         model = self.ema.module.eval()
-        if self.stage == "stage1":
-            with self._autocast():
-                restored = model(degraded.to(self.device)).float().cpu()
-            result = {"psnr": psnr(clean_lr, restored), "ssim": ssim(clean_lr, restored)}
-            result |= {"psnr_input": psnr(clean_lr, degraded), "ssim_input": ssim(clean_lr, degraded)}
-        else:
-            degraded, clean_lr = (t.to(self.device) for t in (degraded, clean_lr))
-            cond = self._condition(degraded, clean_lr, torch.Generator().manual_seed(0))
-            model_cond = model.condition(cond, degraded)
-            sampler = make_sampler("dpmpp", self.config.model.diffusion, self.settings.validation_steps)
-            def predict(x, t):
-                with self._autocast():
-                    return model(x, model_cond, torch.full((x.shape[0],), t, device=self.device)).float()
-
-            x = sampler.sample(predict, clean_hr.shape, torch.Generator().manual_seed(0), device=self.device)
-            sr = from_target(x, cond, self.config.model.diffusion).cpu().clamp(-1.5, 1.5)
-            bicubic = upsample_condition(cond).cpu()
-            result = {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr)}
-            result |= {"psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
+        result = self.recipe.validate(model, self._on_device(self.validation))
         model.train()
         return result
 

@@ -1,0 +1,62 @@
+"""Stage 1 on normalised frames, as training and inference both run it.
+
+A blind denoiser (v1) maps the frame as it is. A noise-aware one works in the
+variance-stabilised domain of the frame's noise model, with the noise level as a second
+input channel; `strength` scales that level (0: no denoising, 1: the estimate).
+
+Frames here are on the pipeline's [-1, 1] scale; the noise model is on the matching [0, 1]
+scale (y = (x + 1) / 2), one (gain, offset) pair per batch element, shaped (B, 1, 1, 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .noise import Stabiliser
+
+# The noise level enters the network as log10(sigma) mapped so that 1e-4 (far below one
+# 16-bit grey level) -> 0 and 1 (a few electrons per pixel) -> 1: every dose gets the same
+# resolution, where a linear map would squeeze all clean-ish frames next to 0.
+LEVEL_FLOOR = 1e-4
+
+
+def encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
+    return (torch.log10(sigma.clamp(min=LEVEL_FLOOR)) - torch.log10(torch.tensor(LEVEL_FLOOR))) / 4.0
+
+
+class NoiseAwareInput:
+    """The stabilised frame and the network's level map for one batch of frames."""
+
+    def __init__(self, x: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor, strength: float = 1.0):
+        self.stabiliser = Stabiliser(gain, offset)
+        self.stabilised = self.stabiliser.forward((x.double() + 1.0) * 0.5).float()
+        self.level = encode_noise_level(self.stabiliser.sigma * strength).float()
+
+    def restore(self, stabilised_output: torch.Tensor) -> torch.Tensor:
+        return (self.stabiliser.inverse(stabilised_output.double()) * 2.0 - 1.0).float()
+
+
+def apply_denoiser(
+    denoiser: torch.nn.Module,
+    x: torch.Tensor,
+    gain: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+    strength: float = 1.0,
+    run: Callable[[Callable, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Denoise (B, 1, H, W) frames on [-1, 1]. `run(network, frames, level)` applies the
+    network (e.g. tile by tile; default: in one call); noise-aware denoisers need `gain`
+    and `offset`. Strength 0 returns `x` unchanged."""
+    run = run or (lambda network, frames, level: network(frames) if level is None else network(frames, level))
+    if not getattr(denoiser, "noise_map", False):
+        return run(denoiser, x, None)
+    if gain is None or offset is None:
+        raise ValueError("a noise-aware denoiser needs the frame's noise model (gain and offset)")
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    if strength == 0:
+        return x.clone()
+    prepared = NoiseAwareInput(x, gain, offset, strength)
+    return prepared.restore(run(denoiser, prepared.stabilised, prepared.level))

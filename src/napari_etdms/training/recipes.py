@@ -1,0 +1,152 @@
+"""What each training stage learns: a recipe is a loss and a validation on batches of crops,
+beside the one training loop of `trainer.py` (resume, EMA, schedule, DDP, logging).
+
+Batches are dicts of `CropStream.sample` tensors: `degraded`, `clean_lr`, `clean_hr` and
+`noiseless` on the clean crop's [-1, 1] scale, `noise` (gain, offset of the degraded crop on
+that crop's [0, 1] scale) and `fit` (low, high: the crop's signal range as the pipeline fits
+it on a frame, on the same [0, 1] scale).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..denoise import apply_denoiser
+from ..diffusion import make_sampler
+from ..diffusion.target import from_target, to_target, upsample_condition
+from ..metrics import psnr, ssim
+
+CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
+# Noise-model error the pipeline's per-frame estimate is allowed in training (log-normal,
+# per parameter): the network learns to work from an estimate, not from the truth.
+ESTIMATE_SPREAD = 0.15
+
+
+def refit(batch: dict, key: str) -> torch.Tensor:
+    """`batch[key]` on the [-1, 1] scale of the crop's fitted signal range (the pipeline's
+    normalisation of the degraded frame)."""
+    low, high = (batch["fit"][:, i].view(-1, 1, 1, 1) for i in (0, 1))
+    return ((batch[key] + 1.0) * 0.5 - low) / (high - low) * 2.0 - 1.0
+
+
+def unfit(batch: dict, x: torch.Tensor) -> torch.Tensor:
+    """Back from the fitted range to the clean crop's [-1, 1] scale."""
+    low, high = (batch["fit"][:, i].view(-1, 1, 1, 1) for i in (0, 1))
+    return ((x + 1.0) * 0.5 * (high - low) + low) * 2.0 - 1.0
+
+
+def fitted_noise(batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The degraded crop's noise model on the fitted [0, 1] scale (`NoiseModel.rescaled`),
+    perturbed like an estimate when `generator` is given."""
+    gain, offset = (batch["noise"][:, i].view(-1, 1, 1, 1).double() for i in (0, 1))
+    low, high = (batch["fit"][:, i].view(-1, 1, 1, 1).double() for i in (0, 1))
+    if generator is not None:
+        spread = torch.randn(2, *gain.shape, generator=generator, dtype=torch.float64) * ESTIMATE_SPREAD
+        gain, offset = gain * spread[0].exp(), offset * spread[1].exp()
+    span = high - low
+    return gain / span, (gain * low + offset) / span**2
+
+
+def denoise_crops(denoiser, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 1 on a batch of degraded crops as the pipeline runs it, on the clean scale."""
+    if not getattr(denoiser, "noise_map", False):
+        return denoiser(batch["degraded"])
+    gain, offset = fitted_noise(batch, generator)
+    return unfit(batch, apply_denoiser(denoiser, refit(batch, "degraded"), gain, offset))
+
+
+class BlindDenoising:
+    """Stage 1 of v1: degraded low-res -> clean low-res, no noise model."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        criterion = CRITERIA[self.trainer.settings.loss]
+        return criterion(self.trainer.model(batch["degraded"]).float(), batch["clean_lr"])
+
+    def validate(self, model, batch: dict) -> dict:
+        with self.trainer.autocast():
+            restored = model(batch["degraded"]).float()
+        return self._scores(batch["clean_lr"], restored, batch["degraded"])
+
+    @staticmethod
+    def _scores(reference, restored, degraded) -> dict:
+        return {"psnr": psnr(reference, restored), "ssim": ssim(reference, restored),
+                "psnr_input": psnr(reference, degraded), "ssim_input": ssim(reference, degraded)}
+
+
+class NoiseAwareDenoising(BlindDenoising):
+    """Stage 1 of v2: remove the noise, and nothing else, given the frame's noise model.
+
+    Input: the degraded crop, normalised as the pipeline normalises a frame, in the
+    variance-stabilised domain, with the noise level as a second channel; the noise model
+    is the true one perturbed like an estimate. Target: the same crop without its noise
+    (blur, sampling and contrast stay: they are stage 2's business, and a clean frame must
+    pass through). The loss is taken after the inverse transform, on the normalised scale:
+    what the pipeline hands to stage 2, and what PSNR measures.
+    """
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.generator = torch.Generator().manual_seed(trainer.config.data.seed * 1000 + trainer.iteration)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        criterion = CRITERIA[self.trainer.settings.loss]
+        gain, offset = fitted_noise(batch, self.generator)
+        restored = apply_denoiser(self.trainer.model, refit(batch, "degraded"), gain, offset)
+        return criterion(restored, refit(batch, "noiseless"))
+
+    def validate(self, model, batch: dict) -> dict:
+        with self.trainer.autocast():
+            restored = apply_denoiser(model, refit(batch, "degraded"), *fitted_noise(batch))
+        return self._scores(refit(batch, "noiseless"), restored, refit(batch, "degraded"))
+
+
+class ConditionalDiffusion:
+    """Stage 2: the CLSR learns clean high-res given a low-res condition: the clean low-res
+    frame plus a little noise, or, with a `conditioner` (the fine-tune), what stage 1 really
+    makes of the degraded frame."""
+
+    def __init__(self, trainer, conditioner=None):
+        self.trainer = trainer
+        self.conditioner = conditioner
+
+    def condition(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.conditioner is not None:
+            with torch.no_grad(), self.trainer.autocast():
+                return denoise_crops(self.conditioner, batch).float()
+        clean_lr = batch["clean_lr"]
+        sigma = self.trainer.settings.condition_noise * 2.0  # [0, 1] units -> [-1, 1] units
+        strength = torch.rand(clean_lr.shape[0], 1, 1, 1, generator=generator) * sigma
+        noise = strength * torch.randn(clean_lr.shape, generator=generator)  # a CPU generator: same on any device
+        return clean_lr + noise.to(clean_lr.device)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        trainer = self.trainer
+        cond = self.condition(batch)
+        base = cond if trainer.settings.residual_over == "condition" else batch["clean_lr"]
+        x0 = to_target(batch["clean_hr"], base, trainer.config.model.diffusion)
+        model_cond = trainer.net.condition(cond, batch["degraded"])
+        return trainer.schedule.training_loss(lambda x_t, t: trainer.model(x_t, model_cond, t), x0,
+                                              trainer.settings.loss)
+
+    def validate(self, model, batch: dict) -> dict:
+        trainer = self.trainer
+        diffusion = trainer.config.model.diffusion
+        cond = self.condition(batch, torch.Generator().manual_seed(0))
+        model_cond = model.condition(cond, batch["degraded"])
+        sampler = make_sampler("dpmpp", diffusion, trainer.settings.validation_steps)
+
+        def predict(x, t):
+            with trainer.autocast():
+                return model(x, model_cond, torch.full((x.shape[0],), t, device=trainer.device)).float()
+
+        clean_hr = batch["clean_hr"]
+        x = sampler.sample(predict, clean_hr.shape, torch.Generator().manual_seed(0), device=trainer.device)
+        sr = from_target(x, cond, diffusion).cpu().clamp(-1.5, 1.5)
+        bicubic = upsample_condition(cond).cpu()
+        clean_hr = clean_hr.cpu()
+        return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
+                "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
