@@ -11,13 +11,21 @@ transform (Murtagh, Starck, Bijaoui 1995) with the frame's own parameters, resca
 signal range maps to [-1, 1]. There the noise is close to Gaussian with one standard
 deviation, `Stabiliser.sigma`, whatever the brightness: what the network's noise-level map
 carries (FFDNet / DRUNet convention).
+
+`estimate_noise` measures the model on one frame (after Foi et al. 2008): a robust variance of
+the differences across rows, binned by local level over the frame's flattest pixels, fitted
+by a line; it sees the row offsets (`row_offset_std`, included in `offset`) and the
+correlation along rows (`row_correlation`) too, and leaves out clipped levels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import erf
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 # The transform is undefined for an exactly noise-free model (gain = offset = 0); this floor
 # (1e-6 of the range, as a standard deviation) makes it the identity there, continuously.
@@ -99,3 +107,270 @@ class Stabiliser:
                                          torch.full_like(d, -torch.inf)))
         y = torch.sqrt(self.c) * d + 0.25 * self.gain * d**2
         return y.to(u.dtype)
+
+
+# ---- estimation from one frame ------------------------------------------------------------
+
+_SQRT2, _SQRT6 = np.sqrt(2.0), np.sqrt(6.0)
+_MEAN_SIGMA = 2.5  # Gaussian local mean (px): the level a pixel's residual is binned by
+_TEXTURE_SIZE = 7  # window (px) in which the local mean's own variance measures texture
+_KEEP = 0.5  # share of each level bin kept: its smoothest pixels
+_CLIP_SIGMAS = 4.5  # robust variance: values this many standard deviations out are outliers
+# share of a Gaussian's variance inside +-_CLIP_SIGMAS, to undo that clipping
+_CLIP_FACTOR = 1.0 - 2.0 * _CLIP_SIGMAS * np.exp(-0.5 * _CLIP_SIGMAS**2) / np.sqrt(2 * np.pi) / erf(
+    _CLIP_SIGMAS / np.sqrt(2.0))
+_NEAR_CLIPPED = 7  # window (px) around a clipped pixel whose pixels are left out
+_MAX_CLIPPED = 0.01  # level bins whose smoothest pixels are clipped more often are left out
+_MAX_BINS = 64
+_MIN_BIN = 64  # fewest pixels a bin's variance is measured from
+_OUTLIER_RATIO = 1.5  # bins whose variance is this far off the fitted line are left out
+
+
+def _robust_var(x: np.ndarray) -> float:
+    """Variance of the bulk of `x`, insensitive to a minority of outliers (edges, texture).
+
+    A MAD-based scale starts an iteration that keeps the values within `_CLIP_SIGMAS` of the
+    median and rescales their variance by what that clipping removes from a Gaussian. Unlike
+    the MAD alone it stays consistent for discrete residuals (low counts, 8-bit data)."""
+    med = float(np.median(x))
+    dev = np.abs(x - med)
+    scale = 1.4826 * float(np.median(dev))
+    if scale == 0.0:
+        scale = float(np.sqrt(np.mean(dev**2)))
+    var = scale**2
+    for _ in range(4):
+        if scale == 0.0:
+            return 0.0
+        kept = x[dev < _CLIP_SIGMAS * scale]
+        if kept.size < 2:
+            return var
+        var = float(np.var(kept)) / _CLIP_FACTOR
+        scale = np.sqrt(var)
+    return var
+
+
+def _fit_line(x: np.ndarray, v: np.ndarray, n: np.ndarray, floor: float) -> tuple[float, float, np.ndarray]:
+    """Weighted least squares v = gain * x + offset with gain >= 0; also the bins it used.
+
+    The weight of a bin is its pixel count over its variance squared (a sample variance has
+    variance 2 var^2 / n), iterated with the fitted variance so that no bin's noisy value sets
+    its own weight. Bins more than `_OUTLIER_RATIO` away from the line (either way) are then
+    left out, but never more than half of them: a level that only occurs on edges (no flat
+    pixel to pick) has its variance raised by the texture."""
+    used = np.ones(x.size, dtype=bool)
+    fitted = v
+    gain, offset = 0.0, 0.0
+    for _ in range(5):
+        w = np.where(used, n / (np.maximum(fitted, 0.0) + floor) ** 2, 0.0)
+        sw, sx, sv = w.sum(), (w * x).sum(), (w * v).sum()
+        sxx, sxv = (w * x * x).sum(), (w * x * v).sum()
+        det = sw * sxx - sx * sx
+        gain, offset = 0.0, sv / sw
+        if det > 1e-9 * sw * sxx:
+            gain = (sw * sxv - sx * sv) / det
+            offset = (sv - gain * sx) / sw
+            if gain < 0.0:
+                gain, offset = 0.0, sv / sw
+        fitted = gain * x + offset
+        distance = np.abs(np.log((v + floor) / (np.maximum(fitted, 0.0) + floor)))
+        # the bins within the ratio, or the closer half of them if that is more
+        used = distance <= max(np.log(_OUTLIER_RATIO), float(np.quantile(distance, 0.5)))
+    return float(gain), float(offset), used
+
+
+def _half_row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A robust level of each half row of `residual`, shape (2, rows), and the number of
+    values it is from (0 where a half row has too few valid ones): the mean of the valid
+    values within 4 robust standard deviations (from the quartiles) of their median, so edges
+    do not count while skewed (low-count) noise keeps its zero mean."""
+    h, w = residual.shape
+    half = w // 2
+    rows = np.arange(h)
+    levels, counts = np.zeros((2, h)), np.zeros((2, h))
+    for side, columns in enumerate((slice(0, half), slice(half, 2 * half))):
+        bad = invalid[:, columns]
+        values = np.where(bad, np.inf, residual[:, columns])
+        values.sort(axis=1)  # invalid values last
+        count = half - bad.sum(axis=1)
+        last = np.maximum(count - 1, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):  # rows with nothing valid: inf - inf
+            median = 0.5 * (values[rows, last // 2] + values[rows, (last + 1) // 2])
+            scale = (values[rows, (3 * last) // 4] - values[rows, last // 4]) / 1.349
+            near = np.abs(values - median[:, None]) <= 4.0 * scale[:, None]  # never an invalid (inf) value
+            kept = near.sum(axis=1)
+            levels[side] = np.where(near, values, 0.0).sum(axis=1) / kept
+        counts[side] = np.where((count >= 16) & (kept >= 8), kept, 0)
+    levels[counts == 0] = 0.0
+    return levels, counts
+
+
+def _row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per row, the robust level of `residual` (0 where unknown), and the covariance of the
+    left and right half-row levels over the rows. A per-row offset r puts the same value on
+    every pixel of a row of a difference across rows (v2: r[i-1] - 2 r[i] + r[i+1], of
+    variance 6 var(r); v1: r[i+1] - r[i], of variance 2 var(r)); the two halves share it but
+    not their noise, so that covariance is its variance, whatever the noise's own variance or
+    correlation along the row."""
+    levels, counts = _half_row_levels(residual, invalid)
+    both = (counts > 0).all(axis=0)
+    covariance = 0.0
+    if both.sum() >= 8:
+        left, right = levels[0, both], levels[1, both]
+        covariance = float(np.mean((left - left.mean()) * (right - right.mean())))
+    total = counts.sum(axis=0)
+    row_level = np.where(total > 0, (levels * counts).sum(axis=0) / np.maximum(total, 1), 0.0)
+    return row_level, covariance
+
+
+def _bin_statistics(z: np.ndarray):
+    """Per level bin: mean level, robust variances of v2, v1 and h1, pixel count; and the
+    per-row offset variance and the frame's range (see `estimate_noise`). None for a
+    constant frame, or one with too few unclipped pixels."""
+    low, high = float(z.min()), float(z.max())
+    span = high - low
+    if span == 0.0:
+        return None
+
+    # clipped pixels: the extremes, when more than a couple of pixels share them
+    clipped = np.zeros(z.shape, dtype=bool)
+    for value in (low, high):
+        at = z == value
+        if np.count_nonzero(at) > 2:
+            clipped |= at
+
+    centre = z[1:-1, :-1]
+    v2 = z[:-2, :-1] + z[2:, :-1] - 2.0 * centre  # normalised later
+    # residuals that touch a clipped value are truncated; and next to a clipped region the
+    # local mean mixes in the clipped values (mis-binning the pixel) while the pixels that
+    # escaped clipping inside it are its low outliers: those near one are left out too, unless
+    # that leaves too little (clipping everywhere)
+    clipped_residual = clipped[1:-1, :-1] | clipped[:-2, :-1] | clipped[2:, :-1] | clipped[1:-1, 1:]
+    invalid = ndimage.maximum_filter(clipped, _NEAR_CLIPPED, mode="nearest")[1:-1, :-1]
+    if np.count_nonzero(~invalid) < 0.1 * invalid.size:
+        invalid = clipped_residual
+    v1 = z[2:, :-1] - centre
+    # the row offsets: their variance from v2, then taken out of both differences across rows
+    # (with each row's mean of the signal's curvature or gradient, which is no noise either)
+    v2_rows, covariance = _row_levels(v2, invalid)
+    row_var = max(covariance, 0.0) / 6.0
+    v1_rows, _ = _row_levels(v1, invalid)
+    v2 = v2 - v2_rows[:, None]
+    v1 = v1 - v1_rows[:, None]
+
+    smooth = ndimage.gaussian_filter(z, _MEAN_SIGMA, mode="reflect")
+    local = ndimage.uniform_filter(smooth, _TEXTURE_SIZE, mode="reflect")
+    texture = ndimage.uniform_filter(smooth * smooth, _TEXTURE_SIZE, mode="reflect") - local * local
+    m = smooth[1:-1, :-1].ravel()
+    texture = texture[1:-1, :-1].ravel()
+    invalid, clipped_residual = invalid.ravel(), clipped_residual.ravel()
+
+    good = np.flatnonzero(~invalid)
+    n_bins = int(np.clip(good.size // 2000, 2, _MAX_BINS))
+    if good.size < n_bins * _MIN_BIN / _KEEP:
+        return None
+    edges = np.quantile(m[good[:: max(1, good.size // 20000)]], np.linspace(0.0, 1.0, n_bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, m)
+    order = np.argsort(bin_of, kind="stable")
+    starts = np.searchsorted(bin_of[order], np.arange(n_bins + 1))
+
+    # each bin's smoothest pixels (clipped or not), and the share of them that are clipped
+    flat, clipped_share = [], np.ones(n_bins)
+    for k in range(n_bins):
+        members = order[starts[k] : starts[k + 1]]
+        if members.size * _KEEP < _MIN_BIN:
+            flat.append(members[:0])
+            continue
+        n_keep = int(members.size * _KEEP)
+        members = members[np.argpartition(texture[members], n_keep)[:n_keep]]
+        clipped_share[k] = np.count_nonzero(clipped_residual[members]) / members.size
+        flat.append(members[~invalid[members]])
+    # where clipping is everywhere, the least clipped quarter of the bins (then biased low)
+    allowed_share = max(_MAX_CLIPPED, float(np.quantile(clipped_share, 0.25)))
+
+    v2_flat, v1_flat = v2.ravel(), v1.ravel()
+    x, var2, var1, varh, counts = [], [], [], [], []
+    for k, members in enumerate(flat):
+        if clipped_share[k] > allowed_share or members.size < _MIN_BIN:
+            continue
+        rows, cols = np.divmod(members, centre.shape[1])
+        rows += 1  # into frame coordinates
+        x.append(m[members].mean())
+        var2.append(_robust_var(v2_flat[members] / _SQRT6))
+        var1.append(_robust_var(v1_flat[members] / _SQRT2))
+        varh.append(_robust_var((z[rows, cols + 1] - z[rows, cols]) / _SQRT2))
+        counts.append(members.size)
+    x, var2, var1, varh, counts = (np.asarray(a, dtype=np.float64) for a in (x, var2, var1, varh, counts))
+    return x, var2, var1, varh, counts, row_var, span
+
+
+def estimate_noise(frame: np.ndarray) -> NoiseModel:
+    """Poisson-Gaussian noise model of one 2D SEM frame (any dtype), in the frame's own units.
+
+    Scan lines are rows (axis 1). On every interior pixel, residuals free of the signal (up to
+    its curvature or gradient): v2 = (z[i-1] - 2 z[i] + z[i+1]) / sqrt(6) across rows, and the
+    first differences v1 = (z[i+1] - z[i]) / sqrt(2) across rows and h1 = (z[j+1] - z[j]) /
+    sqrt(2) along them. Rows are close to independent, so var(v2) is the full per-pixel
+    variance whatever the correlation along the rows: gain * y + read variance + s2, with s2
+    the variance of a per-row offset r (r[i-1] - 2 r[i] + r[i+1] has variance 6 s2).
+
+    `row_offset_std` = sqrt(s2): each half row gives a robust level of v2; both halves carry
+    the same r[i-1] - 2 r[i] + r[i+1] but independent noise, so the covariance of the left and
+    right levels over the rows is 6 s2 (`_row_levels`). Its noise floor on a 512 x 512 frame
+    (white = 1) is ~0.005 at 3 e-/px, ~0.001 from 100 e-/px. Each row's level is then taken
+    out of v2 and v1 (a row offset is the same on a whole row), so that s2, measured once
+    from all rows, does not scatter the bins below; it is added back into `offset`.
+
+    `gain`, `offset` (after Foi et al. 2008): pixels are binned by their level y, a Gaussian
+    local mean (sigma 2.5 px), in up to 64 equal-count bins; each bin keeps its smoothest
+    half (texture: the local mean's own variance over 7 x 7); the variance of v2 there is a
+    robust one (MAD start, then an iterated 4.5-sigma clipped variance, rescaled for the
+    clipping), so edges and texture do not count and a noise-free frame gives ~0. A weighted
+    least-squares line through (mean level, variance) of the bins, gain >= 0, bins more than
+    1.5 x off it left out (levels that only occur on edges), gives gain and offset - s2.
+    `offset` is the total signal-independent variance seen across rows: read noise, s2 and
+    quantisation (LSB^2 / 12 for noisy 8-bit data). Where one term is small next to the other
+    it is within the other's noise (and `offset` can come out below 0): then only their sum is
+    measured well.
+
+    Clipping: where several pixels share the frame's minimum or maximum, those are clipped.
+    Clipping shrinks the variance, so pixels with a clipped one in their 7 x 7 neighbourhood
+    are left out (unless that leaves under a tenth of the frame), and so are the level bins
+    whose smoothest pixels have a residual touching a clipped one more often than 1 % (unless
+    that is over three quarters of the bins: then the least clipped quarter is used, and the
+    result is biased low).
+
+    `row_correlation`: rho, the correlation between horizontal neighbours of the noise
+    without the row offsets (measured apart, above). With n2 the per-pixel variance without
+    them, on the kept pixels, rows' levels out: var(v2) = n2, var(v1) = n2 + gy and
+    var(h1) = n2 (1 - rho) + gx, gy and gx what the signal's vertical and horizontal
+    gradients add. Taking gy = gx (the kept pixels are the flattest; v1 rather than v2 so that
+    both carry the same order of signal leak): rho = (var(v1) - var(h1)) / var(v2), over the
+    bins of the fit, in [-1, 1]. With white shot noise and correlated read noise, it is the
+    read noise's correlation times its share of the variance at the frame's typical level.
+    """
+    z = np.asarray(frame)
+    if z.ndim != 2:
+        raise ValueError(f"estimate_noise needs one 2D frame, not shape {z.shape}")
+    if min(z.shape) < 16 or z.size < 4096:
+        raise ValueError(f"frame {z.shape} is too small to estimate its noise")
+    z = z.astype(np.float64)  # a copy in every case: the caller's array is never touched
+    if not np.isfinite(z).all():
+        raise ValueError("frame has non-finite values")
+    stats = _bin_statistics(z)
+    if stats is None:  # constant, or all clipped (a binary frame)
+        return NoiseModel(gain=0.0, offset=0.0)
+    x, var2, var1, varh, counts, row_var, span = stats
+    row_offset_std = float(np.sqrt(row_var))
+    if x.size == 0:
+        return NoiseModel(gain=0.0, offset=0.0, row_offset_std=row_offset_std)
+    floor = (1e-6 * span) ** 2
+    gain, offset, used = _fit_line(x, var2, counts, floor)
+    offset += row_var
+
+    weights = counts * used
+    pixel_var = float(np.average(var2, weights=weights))
+    rho = 0.0
+    if pixel_var > floor:
+        drop = float(np.average(var1 - varh, weights=weights))
+        rho = float(np.clip(drop / pixel_var, -1.0, 1.0))
+    return NoiseModel(gain=gain, offset=offset, row_correlation=rho, row_offset_std=row_offset_std)
