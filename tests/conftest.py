@@ -66,6 +66,17 @@ def tiny_weights(tmp_path):
     return write_entry(tmp_path / "tiny-weights", "tiny-test", TINY, states, {"sampler": "ddim", "steps": 4})
 
 
+TINY_NOISE_AWARE = TINY.model_copy(update={"swinir": TINY.swinir.model_copy(update={"noise_map": True})})
+
+
+@pytest.fixture
+def noise_aware_weights(tmp_path):
+    torch.manual_seed(0)
+    states = {"denoiser": build_denoiser(TINY_NOISE_AWARE).state_dict(), "clsr": build_clsr(TINY_NOISE_AWARE).state_dict()}
+    return write_entry(tmp_path / "tiny-noise-aware", "tiny-noise-aware", TINY_NOISE_AWARE, states,
+                       {"sampler": "ddim", "steps": 2})
+
+
 def sem_like(shape=(96, 80), dtype=np.uint16, seed=0):
     """Smooth blobs plus noise, scaled to the dtype's range."""
     from scipy import ndimage

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -113,3 +114,39 @@ def test_growing_refuses_another_width():
     deeper_groups = TINY.swinir.model_validate({"embed_dim": 8, "depths": [2], "num_heads": [2]})
     with pytest.raises(ValueError, match="not their depth"):  # groups of more blocks: not an identity
         build_denoiser(TINY.model_copy(update={"swinir": deeper_groups})).grow_from(build_denoiser(TINY).state_dict())
+
+
+def test_stabiliser_inverts_exactly_and_equalises_the_noise():
+    from napari_etdms.noise import Stabiliser
+
+    y = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for gain, offset in [(1 / 3, 1e-4), (1e-3, 1e-6), (0.0, 1e-4), (0.0, 0.0), (0.05, -1e-3)]:
+        stab = Stabiliser(gain, offset)
+        assert torch.allclose(stab.inverse(stab.forward(y)), y, atol=1e-9)
+        assert torch.isclose(stab.forward(torch.tensor([0.0, 1.0], dtype=torch.float64)),
+                             torch.tensor([-1.0, 1.0], dtype=torch.float64)).all()
+    # Poisson-Gaussian noise becomes one standard deviation, sigma, at every level
+    rng = np.random.default_rng(0)
+    gain, read = 1 / 30, 0.01
+    stab = Stabiliser(gain, read**2)
+    spreads = []
+    for level in (0.1, 0.5, 0.9):
+        z = rng.poisson(level / gain, 200_000) * gain + rng.normal(0, read, 200_000)
+        spreads.append(float(stab.forward(torch.from_numpy(z)).std()))
+    assert np.allclose(spreads, float(stab.sigma), rtol=0.05)
+
+
+def test_noise_aware_denoiser_takes_a_level_map_and_grows_from_a_blind_one():
+    from napari_etdms.config import ModelConfig
+
+    blind = ModelConfig.model_validate({"swinir": {"embed_dim": 8, "depths": [1], "num_heads": [2]}})
+    aware = blind.model_copy(update={"swinir": blind.swinir.model_copy(update={"noise_map": True})})
+    source, grown = build_denoiser(blind), build_denoiser(aware)
+    grown.grow_from(source.state_dict())
+    x = torch.randn(2, 1, 16, 16)
+    # the level channel starts with zero weights: the grown network computes what the blind one did
+    assert torch.allclose(grown(x, torch.full((2, 1, 1, 1), 0.7)), source(x), atol=1e-6)
+    with pytest.raises(ValueError, match="noise-level map"):
+        grown(x)
+    with pytest.raises(ValueError, match="no noise-level map"):
+        source(x, torch.zeros(2, 1, 1, 1))

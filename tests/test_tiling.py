@@ -85,3 +85,32 @@ def test_independent_tiles_would_show_seams():
     seamed[:, 48:] += 0.05
     assert _border_jump_ratio(seamed, [48]) > 3.0
     assert TINY.diffusion.num_train_timesteps == 200
+
+
+def test_aligned_origins_and_context_keep_windowed_outputs_equal_across_tile_sizes():
+    """A function whose output depends on where its input's 8 px grid lies and on how close
+    a pixel is to the edge of what it sees: aligned origins and a context margin make the
+    blended result the same for any tile size."""
+
+    def windowed(t):
+        blocks = torch.nn.functional.avg_pool2d(t, 8)  # depends on the crop's 8 px alignment
+        out = t + torch.nn.functional.interpolate(blocks, scale_factor=8)
+        edge = torch.zeros_like(t)
+        edge[..., :2, :] = edge[..., -2:, :] = edge[..., :, :2] = edge[..., :, -2:] = 1.0  # edge bias
+        return out + edge
+
+    x = torch.rand(1, 1, 136, 200)
+    results = [blend_tiles(windowed, [(x, 1)], TileGrid(136, 200, tile, 16, align=8, context=8), 1, 2)
+               for tile in (32, 48, 64)]
+    assert torch.allclose(results[0], results[1], atol=1e-5) and torch.allclose(results[0], results[2], atol=1e-5)
+    # without them, the same function gives different frames for different tiles
+    plain = [blend_tiles(windowed, [(x, 1)], TileGrid(136, 200, tile, 16), 1, 2) for tile in (32, 48)]
+    assert not torch.allclose(plain[0], plain[1], atol=1e-3)
+
+
+def test_aligned_origins_are_multiples_of_the_alignment_and_keep_the_overlap():
+    starts = tile_starts(1000, 64, 16, align=8)
+    assert all(s % 8 == 0 for s in starts) and starts[-1] + 64 == 1000
+    assert (np.diff(starts) <= 64 - 16).all()
+    with pytest.raises(ValueError, match="aligned"):
+        tile_starts(1001, 64, 16, align=8)

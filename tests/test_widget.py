@@ -96,6 +96,7 @@ def test_shapes_region_places_the_crop_in_place(setup, qtbot):
     assert np.allclose(denoised.data_to_world((0, 0)), layer.data_to_world((10, 12)))
     x4 = viewer.layers["sem ETDMS x4"]
     assert np.allclose(x4.data_to_world((1.5, 1.5)), layer.data_to_world((10, 12)))
+    assert x4.metadata["noise_estimated_on"] == "whole slice"
 
 
 def test_current_slice_of_a_stack(setup, qtbot):
@@ -181,3 +182,26 @@ def test_new_widget_uses_the_weights_preset(make_napari_viewer, tiny_weights, mo
     widget.weights.value = "tiny-free"
     assert widget.sampler.value == "dpmpp-sde" and widget.steps.value == 10
     assert not widget.data_consistency.value
+
+
+def test_strength_zero_leaves_the_frame_undenoised_and_the_noise_is_shown(make_napari_viewer, noise_aware_weights,
+                                                                          monkeypatch, tmp_path, qtbot):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(noise_aware_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path / "config"))
+    viewer = make_napari_viewer()
+    data = sem_like((64, 64), np.uint16)
+    layer = viewer.add_image(data, name="sem")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-etdms", "ETDMS")
+    widget.image.value = layer
+    widget.weights.value = "tiny-noise-aware"
+    widget.super_resolve.value = False
+    widget.strength.value = 0.0
+    run_and_wait(qtbot, widget)
+    denoised = viewer.layers["sem denoised"]
+    assert np.allclose(denoised.data, data, atol=1e-3 * data.max())
+    assert denoised.metadata["strength"] == 0.0 and denoised.metadata["noise"]["gain"] >= 0
+    assert widget.noise_info.value.startswith("noise (processed frame):") and "mid-grey" in widget.noise_info.value
+    widget.strength.value = 1.5
+    run_and_wait(qtbot, widget)
+    assert viewer.layers["sem denoised"].metadata["strength"] == 1.5
+    assert not np.allclose(viewer.layers["sem denoised"].data, data, atol=1e-3 * data.max())

@@ -43,6 +43,18 @@ def _degradation(value: str | None):
     return parse(DegradationConfig, settings, "--degradation")
 
 
+def _strength(text: str) -> float:
+    from .pipeline import MAX_STRENGTH
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_STRENGTH}, got {text}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from .diffusion import SAMPLERS
 
@@ -58,6 +70,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
                         "(default: the weights' preset)")
+    g.add_argument("--strength", type=_strength, default=1.0,
+                   help="denoising strength for noise-aware weights: the noise level the denoiser is told, "
+                   "relative to the level estimated from the frame (1, default: as estimated; 0: no denoising; "
+                   "up to 4: smoother)")
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")
@@ -205,7 +221,9 @@ def _infer_files(args, files: list[Path]) -> int:
                 if args.overwrite and out.exists():
                     out.unlink()
                 write_tiff(out, data, pixel, provenance | {"layer": field})
-            print(f"{path}: done in {sum(result.metadata['timings'].values()):.1f} s -> {args.output}")
+            mapped = result.metadata["intensity_map"]
+            print(f"{path}: done in {sum(result.metadata['timings'].values()):.1f} s -> {args.output} "
+                  f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})")
         except (ReadError, ValueError, FileExistsError, MemoryError, OSError) as err:
             failures += 1
             print(f"{path}: error: {err}", file=sys.stderr)
@@ -307,7 +325,7 @@ def cmd_train(args) -> int:
 def _run_options(args) -> dict:
     return dict(denoise=not args.no_denoise, super_resolve=not args.no_sr, sampler=args.sampler, steps=args.steps,
                 eta=args.eta, samples=args.samples, data_consistency=args.consistency, tile=args.tile,
-                overlap=args.overlap, batch_size=args.batch_size)
+                overlap=args.overlap, batch_size=args.batch_size, strength=args.strength)
 
 
 def _names(value: str | None) -> list[str]:

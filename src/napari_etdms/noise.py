@@ -58,6 +58,19 @@ class NoiseModel:
             row_offset_std=self.row_offset_std / span,
         )
 
+    def describe(self, low: float, high: float) -> str:
+        """In a microscopist's terms, for a frame whose signal spans [low, high]: the dose
+        the shot noise corresponds to and the noise at mid-grey relative to that range."""
+        unit = self.rescaled(low, high)
+        dose = f"~{1 / unit.gain:.3g} e-/px at white" if unit.gain > 0 else "no shot noise"
+        mid = unit.std_at(0.5)
+        parts = [dose, f"std {100 * mid:.2g} % of the range at mid-grey"]
+        if abs(self.row_correlation) >= 0.05:
+            parts.append(f"row correlation {self.row_correlation:.2f}")
+        if unit.row_offset_std > 0:
+            parts.append(f"row offsets {100 * unit.row_offset_std:.2g} %")
+        return ", ".join(parts)
+
     def as_dict(self) -> dict:
         return {"gain": self.gain, "offset": self.offset, "row_correlation": self.row_correlation,
                 "row_offset_std": self.row_offset_std}

@@ -21,18 +21,24 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import ModelConfig, model_config
+from .denoise import apply_denoiser
 from .diffusion import DEFAULT_PRESET, SAMPLERS, default_steps, make_sampler
 from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import consistency_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
+from .noise import NoiseModel, estimate_noise
 from .tiling import Cancelled, TileGrid, blend_tiles
 from .weights import WeightsEntry, load_state, resolve
 
 MIN_SIDE = 8
+# Stage 1 sees this much of the frame around each tile and keeps only the tile: its output
+# is biased within a few px of what it sees, and blending biased edges drew the tile grid.
+DENOISE_CONTEXT = 16
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
+MAX_STRENGTH = 4.0
 
 
 def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
@@ -69,6 +75,18 @@ def prepare_frame(image) -> np.ndarray:
     if a.min() == a.max():
         raise InputError("the frame is constant; there is nothing to restore")
     return a
+
+
+def frame_noise(frame: np.ndarray) -> tuple[NoiseModel, str]:
+    """The frame's noise model and how it was found: the Poisson-Gaussian fit, or, on frames
+    too small for it (a few thousand px), one Gaussian level (wavelet MAD, scikit-image)."""
+    try:
+        return estimate_noise(frame), "estimated (Poisson-Gaussian fit)"
+    except ValueError:
+        from skimage.restoration import estimate_sigma
+
+        sigma = float(estimate_sigma(frame.astype(np.float64)))
+        return NoiseModel(0.0, sigma**2), "estimated (Gaussian only: frame too small for the Poisson-Gaussian fit)"
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -122,6 +140,7 @@ class Result:
     std: np.ndarray | None = None  # per-pixel standard deviation over samples
     consistency_psnr: float | None = None
     consistency_residual: np.ndarray | None = None
+    noise: NoiseModel | None = None  # the frame's noise, estimated (input units)
     metadata: dict = field(default_factory=dict)
 
 
@@ -202,10 +221,16 @@ class Pipeline:
         batch_size: int | None = None,
         samples: int = 1,
         data_consistency: bool | None = None,
+        strength: float = 1.0,
+        noise: NoiseModel | None = None,
         progress: ProgressCallback | None = None,
         cancel=None,
     ) -> Result:
         """Process one 2D frame. Raises InputError for bad input, Cancelled if `cancel.is_set()`.
+
+        `noise`: the frame's noise model in its own units (default: estimated from the frame).
+        `strength` scales the noise level a noise-aware denoiser is told (1: the estimate,
+        0: no denoising, > 1: smoother); blind denoisers (v1) ignore both.
 
         `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
         (denoised) low-res input: generated detail may add texture but cannot change the
@@ -227,6 +252,8 @@ class Pipeline:
             raise ValueError(f"overlap must be in [0, tile), got {overlap}")
         if samples < 1 or batch_size < 1:
             raise ValueError("samples and batch_size must be at least 1")
+        if not 0 <= strength <= MAX_STRENGTH:
+            raise ValueError(f"strength must be in [0, {MAX_STRENGTH}], got {strength}")
         if denoise and self.denoiser is None:
             raise ValueError("these weights have no denoiser (stage 1); run with denoise=False")
         if super_resolve and self.clsr is None:
@@ -240,12 +267,18 @@ class Pipeline:
             )
 
         height, width = frame.shape
-        padded_h = max(tile, -(-height // SCALE) * SCALE)
-        padded_w = max(tile, -(-width // SCALE) * SCALE)
+        window = self.denoiser.window if self.denoiser is not None else SCALE
+        denoise_tile = -(-tile // window) * window
+        padded_h = max(denoise_tile, -(-height // window) * window)
+        padded_w = max(denoise_tile, -(-width // window) * window)
         grid = TileGrid(padded_h, padded_w, tile, overlap)
+        # stage 1's windows stay on one frame-wide grid whatever the tile
+        denoise_grid = TileGrid(padded_h, padded_w, denoise_tile, overlap, align=window,
+                                context=DENOISE_CONTEXT // window * window)
         n_batches = -(-len(grid.origins) // batch_size)
         sampling_steps = make_sampler(sampler, self.config.diffusion, steps).steps  # also validates steps
-        total = (n_batches if denoise else 0) + (samples * sampling_steps * n_batches if super_resolve else 0)
+        denoise_batches = -(-len(denoise_grid.origins) // batch_size)
+        total = (denoise_batches if denoise else 0) + (samples * sampling_steps * n_batches if super_resolve else 0)
         done = 0
         stage_name = ""
 
@@ -258,16 +291,23 @@ class Pipeline:
                 progress(done, total, stage_name)
 
         mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+        noise_source = "given"
+        if noise is None:
+            started = time.perf_counter()
+            noise, noise_source = frame_noise(frame)
+            estimate_s = time.perf_counter() - started
         normalised = np.pad(mapping.forward(frame), ((0, padded_h - height), (0, padded_w - width)), mode="symmetric")
         low_res = torch.from_numpy(normalised)[None, None]
-        timings = {}
-        result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE))
+        timings = {"noise_estimate_s": round(estimate_s, 3)} if "estimate_s" in locals() else {}
+        result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE),
+                        noise=noise)
 
         cond = low_res
         if denoise:
             stage_name = "denoise"
             started = time.perf_counter()
-            cond = self._denoise(low_res, grid, batch_size, tick)
+            cond = self._denoise(low_res, noise.rescaled(mapping.low, mapping.high), strength, denoise_grid,
+                                 batch_size, tick)
             timings["denoise_s"] = round(time.perf_counter() - started, 3)
             result.denoised = self._crop(cond, mapping, height, width, 1)
             result.bicubic_denoised = self._crop(upsample_condition(cond), mapping, height, width, SCALE)
@@ -304,6 +344,10 @@ class Pipeline:
             "samples": samples,
             "data_consistency": data_consistency if super_resolve else None,
             "tiling": grid.describe() | {"batch_size": batch_size},
+            "denoise_tiling": denoise_grid.describe() if denoise else None,
+            "noise": noise.as_dict() | {"units": "input intensity", "model": "var = gain * level + offset",
+                                        "source": noise_source},
+            "strength": strength if denoise and self.noise_aware else None,
             "device": str(self.device),
             "precision": self.precision,
             "input_shape": list(frame.shape),
@@ -321,13 +365,25 @@ class Pipeline:
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device).contiguous(memory_format=self.memory_format)
 
-    @torch.no_grad()
-    def _denoise(self, low_res, grid, batch_size, tick) -> torch.Tensor:
-        def run_tiles(x):
-            with self._autocast():
-                return self.denoiser(x.to(self.device))
+    @property
+    def noise_aware(self) -> bool:
+        return bool(getattr(self.denoiser, "noise_map", False))
 
-        return blend_tiles(run_tiles, [(low_res, 1)], grid, 1, batch_size, tick)
+    @torch.no_grad()
+    def _denoise(self, low_res, noise: NoiseModel, strength, grid, batch_size, tick) -> torch.Tensor:
+        """`noise` on the [0, 1] scale of the normalised frame."""
+
+        def run(network, frames, level):
+            def run_tiles(x):
+                with self._autocast():
+                    if level is None:
+                        return network(x.to(self.device))
+                    return network(x.to(self.device), level.to(self.device))
+
+            return blend_tiles(run_tiles, [(frames, 1)], grid, 1, batch_size, tick)
+
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float64).view(1, 1, 1, 1)  # noqa: E731
+        return apply_denoiser(self.denoiser, low_res, as_tensor(noise.gain), as_tensor(noise.offset), strength, run)
 
     @torch.no_grad()
     def _super_resolve(self, cond, measured, grid, sampler_name, steps, eta, seed, batch_size, consistent,

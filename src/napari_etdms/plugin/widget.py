@@ -15,13 +15,23 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from qtpy.QtCore import QSettings, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from .. import __version__
 from ..diffusion import DEFAULT_PRESET, SAMPLERS
-from ..pipeline import Result
+from ..pipeline import MAX_STRENGTH, Result
 from ..weights import DEFAULT_WEIGHTS, available
 from .geometry import pyramid_levels, region_geometry, upscaled_geometry
 from .worker import Job, run_job
@@ -36,7 +46,7 @@ OUTPUTS = {  # Result field -> layer name suffix
     "bicubic_denoised": "denoised bicubic x4",
     "std": "ETDMS x4 std",
 }
-PERSISTED = ("denoise", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
+PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
              "data_consistency", "region", "tile", "overlap", "batch_size", "precision")
 
 
@@ -73,6 +83,11 @@ class ETDMSWidget(QWidget):
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.slices = ComboBox(label="3D stack", choices=SLICES, value=SLICES[0], visible=False)
         self.denoise = CheckBox(label="denoise (stage 1)", value=True)
+        self.strength = FloatSlider(
+            label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=1.0,
+            tooltip="noise level the denoiser is told, relative to the level estimated from the frame: "
+                    "1 = as estimated, 0 = no denoising, higher = smoother (noise-aware weights only)")
+        self.noise_info = Label(value="")
         self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=True)
         self.weights = ComboBox(label="weights", choices=self._weights_choices)
         self.weights_file = FileEdit(label="weights.json", filter="weights.json", visible=False)
@@ -102,7 +117,8 @@ class ETDMSWidget(QWidget):
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.form = Container(widgets=[
-            self.image, self.slices, self.denoise, self.super_resolve, self.weights, self.weights_file,
+            self.image, self.slices, self.denoise, self.strength, self.noise_info, self.super_resolve, self.weights,
+            self.weights_file,
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
             self.data_consistency, self.region,
             self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
@@ -188,6 +204,8 @@ class ETDMSWidget(QWidget):
                     widget.value = str(value).lower() == "true"
                 elif isinstance(widget, SpinBox):
                     widget.value = int(value)
+                elif isinstance(widget, FloatSlider):
+                    widget.value = float(value)
                 elif value in widget.choices:
                     widget.value = value
             except (ValueError, TypeError):
@@ -249,13 +267,17 @@ class ETDMSWidget(QWidget):
         data = layer.data
         if layer.ndim == 3 and self.slices.value == "current slice":
             index = int(self.viewer.dims.current_step[0])
-            index = min(max(index, 0), data.shape[0] - 1)
-            frames, slice_index = [np.array(data[index, y0:y1, x0:x1])], index
+            planes, slice_index = [min(max(index, 0), data.shape[0] - 1)], index
         elif layer.ndim == 3:
-            frames, slice_index = [np.array(data[i, y0:y1, x0:x1]) for i in range(data.shape[0])], None
+            planes, slice_index = list(range(data.shape[0])), None
         else:
-            frames, slice_index = [np.array(data[y0:y1, x0:x1])], None
-        return layer, frames, (y0, x0), slice_index
+            planes, slice_index = [None], None
+        plane = lambda i: data if i is None else data[i]  # noqa: E731
+        frames = [np.array(plane(i)[y0:y1, x0:x1]) for i in planes]
+        whole = (y0, y1, x0, x1) == (0, data.shape[-2], 0, data.shape[-1])
+        # a region's noise is that of its whole slice: more pixels, a steadier estimate
+        noise_frames = None if whole else [np.asarray(plane(i)) for i in planes]
+        return layer, frames, noise_frames, (y0, x0), slice_index
 
     def run(self):
         """Start a run (the Run button). Errors in the settings are shown, nothing starts."""
@@ -264,7 +286,7 @@ class ETDMSWidget(QWidget):
         from napari.utils.notifications import show_error
 
         try:
-            layer, frames, offset, slice_index = self._snapshot()
+            layer, frames, noise_frames, offset, slice_index = self._snapshot()
             weights = self._selected_weights()
         except ValueError as err:
             show_error(f"ETDMS: {err}")
@@ -273,14 +295,14 @@ class ETDMSWidget(QWidget):
                        sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
                        samples=self.samples.value, data_consistency=self.data_consistency.value,
                        tile=self.tile.value, overlap=self.overlap.value,
-                       batch_size=self.batch_size.value)
+                       batch_size=self.batch_size.value, strength=round(float(self.strength.value), 3))
         if not (options["denoise"] or options["super_resolve"]):
             show_error("ETDMS: choose at least one stage (denoise or super-resolve)")
             return
         self._save_settings()
-        job = Job(frames, weights, self.device.value, self.precision.value, options)
+        job = Job(frames, weights, self.device.value, self.precision.value, options, noise_frames)
         context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
-                   "region": self.region.value, "options": options}
+                   "region": self.region.value, "options": options, "noise_from_whole": noise_frames is not None}
         self._cancel = threading.Event()
         outcome: dict = {}
         self.worker = create_worker(_collect, run_job(job, self._cancel), outcome)
@@ -362,11 +384,15 @@ class ETDMSWidget(QWidget):
                 "region": {"mode": context["region"], "offset_px": list(context["offset"]),
                            "shape_px": list(results[0].bicubic_input.shape[-2:])},
                 "slice": context["slice"],
+                "noise_estimated_on": "whole slice" if context["noise_from_whole"] else "processed frame",
                 "wall_time_s": round(seconds, 2),
                 "plugin": f"napari-etdms {__version__}",
             }
             self._add_or_update(layer, f"{layer.name} {suffix}", data, field_name, context, provenance)
         self.status.value = f"done in {seconds:.1f} s"
+        mapped = results[0].metadata["intensity_map"]
+        where = "whole slice" if context.get("noise_from_whole") else "processed frame"
+        self.noise_info.value = f"noise ({where}): {results[0].noise.describe(mapped['low'], mapped['high'])}"
 
     def _add_or_update(self, layer, name, data, field_name, context, provenance):
         scale, translate = list(layer.scale), list(layer.translate)

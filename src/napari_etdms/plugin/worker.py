@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline import Pipeline, Result
+from ..pipeline import Pipeline, Result, frame_noise
 from ..tiling import Cancelled
 
 
@@ -33,6 +33,8 @@ class Job:
     device: str = "auto"
     precision: str = "auto"
     options: dict = field(default_factory=dict)  # Pipeline.run keyword arguments
+    # per frame, a larger frame to estimate its noise on (a region's whole slice); None: itself
+    noise_frames: list[np.ndarray] | None = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -80,7 +82,9 @@ def run_job(job: Job, cancel: threading.Event):
                 def report(done, total, stage, index=index):
                     events.put(("progress", (done, total, stage, index)))
 
-                results.append(_run_with_backoff(pipeline, frame, job.options, progress=report, cancel=cancel))
+                noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
+                results.append(_run_with_backoff(pipeline, frame, job.options, noise=noise, progress=report,
+                                                 cancel=cancel))
             events.put(("done", results))
         except BaseException as err:  # relayed to the generator's caller
             events.put(("error", err))

@@ -169,8 +169,11 @@ class CropStream(torch.utils.data.IterableDataset):
         return self._cache[key]
 
     def sample(self, rng: np.random.Generator):
-        info = self.frames[int(rng.integers(len(self.frames)))]
-        image = self.frame(info)
+        for _ in range(100):  # a frame down-sampled below the crop size is drawn again
+            info = self.frames[int(rng.integers(len(self.frames)))]
+            image = self.frame(info)
+            if info.downsample == 1 or min(image.shape) >= self.hr_crop:
+                break
         h, w = image.shape
         c = min(self.hr_crop, h - h % SCALE, w - w % SCALE)
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
