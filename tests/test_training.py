@@ -416,3 +416,21 @@ def test_diffusion_stages_take_the_loss_and_the_residual_base(pool, tmp_path, re
     base = degraded if residual_over == "condition" else clean_lr
     assert loss == "mse"
     assert torch.allclose(x0, 4.0 * (clean_hr - upsample_condition(base)), atol=1e-5)
+
+
+def test_export_pairs_a_new_denoiser_with_the_clsr_of_other_weights(pool, tmp_path, tiny_weights):
+    from napari_etdms.weights import load_state
+
+    config = tiny_train_config(pool, iterations=2)
+    StageTrainer(config, "stage1", tmp_path / "run").train(show_progress=False)
+    entry = export(tmp_path / "run", config, tmp_path / "paired", clsr_from=str(tiny_weights.folder))
+    clsr = load_state(entry, "clsr")
+    assert all(torch.equal(clsr[k], v) for k, v in load_state(tiny_weights, "clsr").items())
+    record = json.loads((entry.folder / "training.json").read_text())
+    assert record["stage1"]["iterations"] == 2
+    assert record["clsr"] == {"from_weights": "tiny-test", "hash": tiny_weights.short_hash,
+                              "sha256": tiny_weights.files["clsr"]["sha256"]}
+    other = config.model.model_copy(update={"clsr": config.model.clsr.model_copy(update={"inner_channels": 8})})
+    with pytest.raises(ValueError, match="another configuration"):
+        export(tmp_path / "run", config.model_copy(update={"model": other}), tmp_path / "x",
+               clsr_from=str(tiny_weights.folder))

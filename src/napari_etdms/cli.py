@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
     train.add_argument("--device", default="auto")
     train.add_argument("--export", type=Path, help="write the trained weights as a registry folder here")
+    train.add_argument("--clsr-from", metavar="WEIGHTS",
+                       help="with --export: take stage 2 from these weights (registry name or folder) instead of "
+                       "this run's; recorded by name and hash")
 
     ev = sub.add_parser(
         "eval",
@@ -315,7 +318,7 @@ def cmd_train(args) -> int:
                           "resume, and it exports when training completes", file=sys.stderr)
                 return EXIT_OK
         if args.export and is_lead():
-            entry = export(run_dir, config, args.export)
+            entry = export(run_dir, config, args.export, clsr_from=args.clsr_from)
             print(f"exported weights '{entry.name}' to {entry.folder}")
         return EXIT_OK
     finally:

@@ -421,25 +421,40 @@ TRAINING_RECORD = "training.json"
 
 
 def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike, name: str | None = None,
-           card: str | None = "MODEL_CARD.md"):
+           card: str | None = "MODEL_CARD.md", clsr_from: str | None = None):
     """Write the EMA weights of stage 1 and the best stage 2 (fine-tuned if present) as a
     registry weights folder, with `training.json`: for each stage behind them, the iterations
-    reached and every resolved config it was trained under (from which iteration on)."""
+    reached and every resolved config it was trained under (from which iteration on).
+    `clsr_from` (registry weights name or folder) takes stage 2 from other weights instead,
+    recorded by name and hash: a new denoiser paired with an existing CLSR."""
     run_dir = Path(run_dir)
     trained = [stage for stage in STAGES if (run_dir / stage / "checkpoint.pt").is_file()]
     sources = {"denoiser": "stage1", "clsr": "finetune" if "finetune" in trained else "stage2"}
     sources = {part: stage for part, stage in sources.items() if stage in trained}
+    if clsr_from is not None:
+        sources.pop("clsr", None)
     if not sources:
         raise FileNotFoundError(f"{run_dir}: no stage checkpoints to export")
     checkpoints = {stage: torch.load(run_dir / stage / "checkpoint.pt", map_location="cpu", weights_only=True)
                    for stage in trained}
     states = {part: checkpoints[stage]["ema"]["module"] for part, stage in sources.items()}
+    borrowed = {}
+    if clsr_from is not None:
+        from ..weights import load_state, resolve
+
+        other = resolve(clsr_from)
+        if other.config.clsr != config.model.clsr or other.config.diffusion != config.model.diffusion:
+            raise ValueError(f"the CLSR of '{other.name}' has another configuration than this run's model.clsr / "
+                             "model.diffusion; make them equal in the config")
+        states["clsr"] = load_state(other, "clsr")
+        borrowed = {"clsr": {"from_weights": other.name, "hash": other.short_hash,
+                             "sha256": other.files["clsr"]["sha256"]}}
     behind = set(sources.values())
     if "finetune" in behind and not config.finetune.grow_from:
         behind.add("stage2")  # the fine-tune started from this run's stage 2
     record = {stage: {"iterations": int(checkpoints[stage]["iteration"]),
                       "settings": read_settings_history(run_dir / stage / "settings.jsonl")}
-              for stage in trained if stage in behind}
+              for stage in trained if stage in behind} | borrowed
     entry = write_entry(out_dir, name or config.name, config.model, states, config.recommended.model_dump(), card)
     (entry.folder / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return entry
