@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
-from napari_etdms.pipeline import Pipeline
-from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.degradation import DegradationConfig
+from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
+from napari_etdms.frames import load_normalised, validation_frames
+from napari_etdms.pipeline import Pipeline
 
 SETTINGS = {
     # one step from pure noise: a v model's estimate of the mean given the condition

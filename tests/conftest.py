@@ -72,7 +72,8 @@ TINY_NOISE_AWARE = TINY.model_copy(update={"swinir": TINY.swinir.model_copy(upda
 @pytest.fixture
 def noise_aware_weights(tmp_path):
     torch.manual_seed(0)
-    states = {"denoiser": build_denoiser(TINY_NOISE_AWARE).state_dict(), "clsr": build_clsr(TINY_NOISE_AWARE).state_dict()}
+    states = {"denoiser": build_denoiser(TINY_NOISE_AWARE).state_dict(),
+              "clsr": build_clsr(TINY_NOISE_AWARE).state_dict()}
     return write_entry(tmp_path / "tiny-noise-aware", "tiny-noise-aware", TINY_NOISE_AWARE, states,
                        {"sampler": "ddim", "steps": 2})
 

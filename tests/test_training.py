@@ -10,8 +10,8 @@ import torch
 from conftest import sem_like, tiny_train_config
 
 from napari_etdms.config import DiffusionConfig
-from napari_etdms.models import build_denoiser
 from napari_etdms.frames import load_normalised, validation_frames
+from napari_etdms.models import build_denoiser
 from napari_etdms.training.data import FrameInfo, augment, list_frames, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export, read_settings_history
 from napari_etdms.weights import resolve

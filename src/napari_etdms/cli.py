@@ -394,10 +394,10 @@ def cmd_degrade(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .evaluation import centre_crop
-    from .io import iter_image_files, write_file_atomically, write_tiff
-    from .frames import load_normalised
     from .degradation import degrade
+    from .evaluation import centre_crop
+    from .frames import load_normalised
+    from .io import iter_image_files, write_file_atomically, write_tiff
 
     files = iter_image_files(args.inputs)
     degradation = _degradation(args.degradation)

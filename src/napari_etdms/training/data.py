@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +15,6 @@ from ..degradation import SCALE, DegradationConfig, degrade_with_details
 from ..frames import load_normalised
 from ..intensity import SIGNAL_SMOOTHING, IntensityMap
 from ..io import iter_image_files
-
 
 # Noisy frames become targets only after an area down-sampling by one of these factors
 # averages their noise away (the noise std halves per 2x for white noise).

@@ -22,13 +22,13 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from ..config import ModelConfig, _Strict, load_json
+from ..degradation import DegradationConfig
 from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule
 from ..io import write_file_atomically
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
 from .recipes import BlindDenoising, ConditionalDiffusion, NoiseAwareDenoising
-from ..degradation import DegradationConfig
 
 STAGES = ("stage1", "stage2", "finetune")
 
