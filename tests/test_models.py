@@ -144,8 +144,12 @@ def test_noise_aware_denoiser_takes_a_level_map_and_grows_from_a_blind_one():
     source, grown = build_denoiser(blind), build_denoiser(aware)
     grown.grow_from(source.state_dict())
     x = torch.randn(2, 1, 16, 16)
-    # the level channel starts with zero weights: the grown network computes what the blind one did
-    assert torch.allclose(grown(x, torch.full((2, 1, 1, 1), 0.7)), source(x), atol=1e-6)
+    # the level channel starts with zero weights: at level 1 the grown network computes what the
+    # blind one did; its correction scales with the level, and a noise-free input passes through
+    assert torch.allclose(grown(x, torch.ones(2, 1, 1, 1)), source(x), atol=1e-6)
+    half = grown(x, torch.full((2, 1, 1, 1), 0.5))
+    assert torch.allclose(half - x, 0.5 * (source(x) - x), atol=1e-6)
+    assert torch.equal(grown(x, torch.zeros(2, 1, 1, 1)), x)
     with pytest.raises(ValueError, match="noise-level map"):
         grown(x)
     with pytest.raises(ValueError, match="no noise-level map"):

@@ -16,23 +16,14 @@ import torch
 
 from .noise import Stabiliser
 
-# The noise level enters the network as log10(sigma) mapped so that 1e-4 (far below one
-# 16-bit grey level) -> 0 and 1 (a few electrons per pixel) -> 1: every dose gets the same
-# resolution, where a linear map would squeeze all clean-ish frames next to 0.
-LEVEL_FLOOR = 1e-4
-
-
-def encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
-    return (torch.log10(sigma.clamp(min=LEVEL_FLOOR)) - torch.log10(torch.tensor(LEVEL_FLOOR))) / 4.0
-
 
 class NoiseAwareInput:
-    """The stabilised frame and the network's level map for one batch of frames."""
+    """The stabilised frame and the noise level the network is told, for one batch of frames."""
 
     def __init__(self, x: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor, strength: float = 1.0):
         self.stabiliser = Stabiliser(gain, offset)
         self.stabilised = self.stabiliser.forward((x.double() + 1.0) * 0.5).float()
-        self.level = encode_noise_level(self.stabiliser.sigma * strength).float()
+        self.level = (self.stabiliser.sigma * strength).float()
 
     def restore(self, stabilised_output: torch.Tensor) -> torch.Tensor:
         return (self.stabiliser.inverse(stabilised_output.double()) * 2.0 - 1.0).float()

@@ -6,6 +6,7 @@ on torchvision. Frames of any size are reflect-padded to a multiple of the windo
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ def _merge(windows: torch.Tensor, window: int, b: int, h: int, w: int) -> torch.
     c = windows.shape[-1]
     x = windows.view(b, h // window, w // window, window, window, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+# The level channel carries log10(sigma), mapped so that 1e-4 (far below one 16-bit grey
+# level) -> 0 and 1 (a few electrons per pixel) -> 1: every dose gets the same resolution,
+# where a linear map would squeeze all clean-ish frames next to 0.
+LEVEL_FLOOR = 1e-4
+
+
+def encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
+    return (torch.log10(sigma.clamp(min=LEVEL_FLOOR)) - math.log10(LEVEL_FLOOR)) / 4.0
 
 
 class WindowAttention(nn.Module):
@@ -188,14 +199,21 @@ class SwinIRDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor | None = None) -> torch.Tensor:
         """`noise_level` (noise-map models only): the noise standard deviation of `x`, a
-        (B, 1, H, W) map or anything that broadcasts to it, e.g. (B, 1, 1, 1)."""
+        (B, 1, H, W) map or anything that broadcasts to it, e.g. (B, 1, 1, 1).
+
+        A noise-map model returns x + noise_level * correction: the network estimates the
+        noise in units of its level (as EDM-style preconditioning does for small levels), so
+        a noise-free input passes through exactly and no level can make it remove more than
+        a few of its own standard deviations."""
         if self.noise_map != (noise_level is not None):
             raise ValueError("this denoiser takes a noise-level map" if self.noise_map
                              else "this denoiser takes no noise-level map")
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        image = x
         if noise_level is not None:
-            x = torch.cat([x, noise_level.to(x.dtype).expand_as(x)], dim=1)
+            noise_level = noise_level.to(x.dtype).expand_as(x)
+            x = torch.cat([x, encode_noise_level(noise_level)], dim=1)
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if (pad_h or pad_w) else x
         feat = self.conv_first(xp)
         tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
@@ -203,5 +221,7 @@ class SwinIRDenoiser(nn.Module):
             tokens = group(tokens)
         body = self.body_norm(tokens).permute(0, 3, 1, 2)
         res = self.conv_after_body(body) + feat
-        out = xp[:, :1] + self.conv_last(res)
-        return out[..., :h, :w]
+        correction = self.conv_last(res)[..., :h, :w]
+        if noise_level is None:
+            return image + correction
+        return image + noise_level * correction
