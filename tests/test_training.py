@@ -434,3 +434,56 @@ def test_export_pairs_a_new_denoiser_with_the_clsr_of_other_weights(pool, tmp_pa
     with pytest.raises(ValueError, match="another configuration"):
         export(tmp_path / "run", config.model_copy(update={"model": other}), tmp_path / "x",
                clsr_from=str(tiny_weights.folder))
+
+
+def _noise_aware(config):
+    swinir = config.model.swinir.model_copy(update={"noise_map": True})
+    return config.model_copy(update={"model": config.model.model_copy(update={"swinir": swinir})})
+
+
+def test_noise_aware_stage1_learns_the_noiseless_frame_in_units_of_its_noise(pool, tmp_path):
+    from napari_etdms.noise import Stabiliser
+    from napari_etdms.training.recipes import fitted_noise, refit
+
+    config = _noise_aware(tiny_train_config(pool))
+    trainer = StageTrainer(config, "stage1", tmp_path / "run")
+    batch = trainer.stream.fixed_batch(4, seed=1)
+    assert set(batch) == {"degraded", "clean_lr", "clean_hr", "noiseless", "noise", "fit"}
+    trainer.recipe.generator.manual_seed(5)
+    loss = trainer.loss(batch)
+    trainer.recipe.generator.manual_seed(5)  # the same perturbed noise estimate
+    gain, offset = fitted_noise(batch, trainer.recipe.generator)
+    stab = Stabiliser(gain, offset)
+    u = stab.forward((refit(batch, "degraded").double() + 1) / 2).float()
+    with torch.no_grad(), trainer.autocast():
+        out = trainer.net(u, stab.sigma.float())
+    restored = (stab.inverse(out.double()) * 2 - 1).float()
+    level = stab.sigma.float().clamp(min=0.01)
+    expected = torch.nn.functional.l1_loss(restored / level, refit(batch, "noiseless") / level)
+    assert torch.allclose(loss, expected, rtol=1e-4)
+    # a noise-free crop is passed through whatever the network has learnt
+    clean = {**batch, "degraded": batch["noiseless"], "noise": torch.zeros_like(batch["noise"])}
+    assert trainer.recipe.validate(trainer.ema.module, clean)["psnr"] > 60
+    assert trainer.train(show_progress=False) == 3
+
+
+def test_noisy_frames_train_down_sampled_and_held_out_sources_only_validate(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in range(4):
+        tifffile.imwrite(folder / f"labA__scene{i}.tif", sem_like((256, 256), np.uint8, seed=i))
+    tifffile.imwrite(folder / "labB__other.tif", sem_like((256, 256), np.uint8, seed=7))
+    rng = np.random.default_rng(0)
+    noisy = np.clip(sem_like((256, 256), np.float32, seed=8) + rng.normal(0, 0.08, (256, 256)), 0, 1)
+    tifffile.imwrite(folder / "labA__grainy.tif", (noisy * 255).astype(np.uint8))
+    config = tiny_train_config(folder)
+    data = config.data.model_copy(update={"noisy_frames": "downsample", "held_out_sources": ["labB"],
+                                          "max_target_noise": 0.06})
+    config = config.model_copy(update={"data": data})
+    StageTrainer(config, "stage1", tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["held_out_sources"] == ["labB"]
+    assert any(r["path"].endswith("labB__other.tif") for r in split["validation"])
+    assert not any("labB__" in r["path"] for r in split["train"])
+    grainy = [r for r in split["train"] if r["path"].endswith("grainy.tif")]
+    assert len(grainy) == 1 and grainy[0]["downsample"] in (2, 4) and grainy[0]["noise_sigma"] > 0.06

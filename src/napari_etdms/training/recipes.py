@@ -16,11 +16,14 @@ from ..denoise import apply_denoiser
 from ..diffusion import make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim
+from ..noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
 # Noise-model error the pipeline's per-frame estimate is allowed in training (log-normal,
 # per parameter): the network learns to work from an estimate, not from the truth.
 ESTIMATE_SPREAD = 0.15
+# below this level (about 1 % of the range) crops count as much as a crop at this level
+LEVEL_WEIGHT_FLOOR = 0.01
 
 
 def refit(batch: dict, key: str) -> torch.Tensor:
@@ -84,8 +87,9 @@ class NoiseAwareDenoising(BlindDenoising):
     variance-stabilised domain, with the noise level as a second channel; the noise model
     is the true one perturbed like an estimate. Target: the same crop without its noise
     (blur, sampling and contrast stay: they are stage 2's business, and a clean frame must
-    pass through). The loss is taken after the inverse transform, on the normalised scale:
-    what the pipeline hands to stage 2, and what PSNR measures.
+    pass through). The loss is taken after the inverse transform, on the normalised scale
+    (what the pipeline hands to stage 2, and what PSNR measures), each crop's in units of its
+    noise level.
     """
 
     def __init__(self, trainer):
@@ -96,7 +100,11 @@ class NoiseAwareDenoising(BlindDenoising):
         criterion = CRITERIA[self.trainer.settings.loss]
         gain, offset = fitted_noise(batch, self.generator)
         restored = apply_denoiser(self.trainer.model, refit(batch, "degraded"), gain, offset)
-        return criterion(restored, refit(batch, "noiseless"))
+        # each crop's error in units of its own noise level: unweighted, the few crops near
+        # 1 e-/px would set the gradient and the doses microscopists mostly work at, with
+        # errors 10-100x smaller, would barely be trained
+        level = Stabiliser(gain, offset).sigma.float().clamp(min=LEVEL_WEIGHT_FLOOR)
+        return criterion(restored / level, refit(batch, "noiseless") / level)
 
     def validate(self, model, batch: dict) -> dict:
         with self.trainer.autocast():
