@@ -387,3 +387,15 @@ def estimate_noise(frame: np.ndarray) -> NoiseModel:
         drop = float(np.average(var1 - varh, weights=weights))
         rho = float(np.clip(drop / pixel_var, -1.0, 1.0))
     return NoiseModel(gain=gain, offset=offset, row_correlation=rho, row_offset_std=row_offset_std)
+
+
+def frame_noise(frame: np.ndarray) -> tuple[NoiseModel, str]:
+    """The frame's noise model and how it was found: the Poisson-Gaussian fit, or, on frames
+    too small for it (a few thousand px), one Gaussian level (wavelet MAD, scikit-image)."""
+    try:
+        return estimate_noise(frame), "estimated (Poisson-Gaussian fit)"
+    except ValueError:
+        from skimage.restoration import estimate_sigma
+
+        sigma = float(estimate_sigma(np.asarray(frame, dtype=np.float64)))
+        return NoiseModel(0.0, sigma**2), "estimated (Gaussian only: frame too small for the Poisson-Gaussian fit)"

@@ -28,7 +28,7 @@ from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import consistency_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
-from .noise import NoiseModel, estimate_noise
+from .noise import NoiseModel, frame_noise
 from .tiling import Cancelled, TileGrid, blend_tiles
 from .weights import WeightsEntry, load_state, resolve
 
@@ -75,18 +75,6 @@ def prepare_frame(image) -> np.ndarray:
     if a.min() == a.max():
         raise InputError("the frame is constant; there is nothing to restore")
     return a
-
-
-def frame_noise(frame: np.ndarray) -> tuple[NoiseModel, str]:
-    """The frame's noise model and how it was found: the Poisson-Gaussian fit, or, on frames
-    too small for it (a few thousand px), one Gaussian level (wavelet MAD, scikit-image)."""
-    try:
-        return estimate_noise(frame), "estimated (Poisson-Gaussian fit)"
-    except ValueError:
-        from skimage.restoration import estimate_sigma
-
-        sigma = float(estimate_sigma(frame.astype(np.float64)))
-        return NoiseModel(0.0, sigma**2), "estimated (Gaussian only: frame too small for the Poisson-Gaussian fit)"
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:

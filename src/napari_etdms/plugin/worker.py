@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pipeline import Pipeline, Result, frame_noise
+from ..noise import frame_noise
+from ..pipeline import Pipeline, Result
 from ..tiling import Cancelled
 
 

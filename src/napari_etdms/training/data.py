@@ -15,6 +15,7 @@ from ..degradation import SCALE, DegradationConfig, degrade_with_details
 from ..frames import load_normalised
 from ..intensity import SIGNAL_SMOOTHING, IntensityMap
 from ..io import iter_image_files
+from ..noise import frame_noise
 
 # Noisy frames become targets only after an area down-sampling by one of these factors
 # averages their noise away (the noise std halves per 2x for white noise).
@@ -144,8 +145,9 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 class CropStream(torch.utils.data.IterableDataset):
     """Endless random crops, each a dict: degraded low-res, clean low-res, clean high-res and
     the noiseless recorded low-res frame on the clean crop's [-1, 1] scale; the noise model
-    added (gain, offset on the [0, 1] scale) and the degraded crop's fitted signal range
-    (`fit`: low, high on that scale, as the pipeline fits a frame).
+    added and the one estimated from the degraded crop as the pipeline estimates a frame's
+    (`noise`, `noise_estimate`: gain, offset on the [0, 1] scale), and the degraded crop's
+    fitted signal range (`fit`: low, high on that scale, as the pipeline fits a frame).
 
     Frames are read lazily and kept once in memory, normalised to [0, 1] float16
     (half the footprint of float32); crops are degraded on the fly.
@@ -182,7 +184,9 @@ class CropStream(torch.utils.data.IterableDataset):
         fit = IntensityMap.fit(made.degraded, smoothing=SIGNAL_SMOOTHING)
         images = {key: torch.from_numpy(getattr(made, key) * 2.0 - 1.0)[None]
                   for key in ("degraded", "clean_lr", "clean_hr", "noiseless")}
+        estimate = frame_noise(made.degraded)[0]
         return images | {"noise": torch.tensor([made.noise.gain, made.noise.offset], dtype=torch.float32),
+                         "noise_estimate": torch.tensor([estimate.gain, estimate.offset], dtype=torch.float32),
                          "fit": torch.tensor([fit.low, fit.high], dtype=torch.float32)}
 
     def __iter__(self):

@@ -2,9 +2,9 @@
 beside the one training loop of `trainer.py` (resume, EMA, schedule, DDP, logging).
 
 Batches are dicts of `CropStream.sample` tensors: `degraded`, `clean_lr`, `clean_hr` and
-`noiseless` on the clean crop's [-1, 1] scale, `noise` (gain, offset of the degraded crop on
-that crop's [0, 1] scale) and `fit` (low, high: the crop's signal range as the pipeline fits
-it on a frame, on the same [0, 1] scale).
+`noiseless` on the clean crop's [-1, 1] scale, `noise` and `noise_estimate` (gain, offset of
+the degraded crop on that crop's [0, 1] scale: added, and estimated from the crop) and `fit`
+(low, high: the crop's signal range as the pipeline fits it on a frame, on that scale).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from ..metrics import psnr, ssim
 from ..noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
-# Noise-model error the pipeline's per-frame estimate is allowed in training (log-normal,
-# per parameter): the network learns to work from an estimate, not from the truth.
-ESTIMATE_SPREAD = 0.15
 # below this level (about 1 % of the range) crops count as much as a crop at this level
 LEVEL_WEIGHT_FLOOR = 0.01
 
@@ -39,23 +36,22 @@ def unfit(batch: dict, x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) * 0.5 * (high - low) + low) * 2.0 - 1.0
 
 
-def fitted_noise(batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The degraded crop's noise model on the fitted [0, 1] scale (`NoiseModel.rescaled`),
-    perturbed like an estimate when `generator` is given."""
-    gain, offset = (batch["noise"][:, i].view(-1, 1, 1, 1).double() for i in (0, 1))
+def fitted_noise(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise model estimated from each degraded crop, as the pipeline estimates a frame's
+    (`noise.estimate_noise`), on the fitted [0, 1] scale (`NoiseModel.rescaled`). Trained
+    with the estimate, not the truth, the network learns what an estimate means: on dense
+    texture the estimate reads high, and the network must not smooth the texture away."""
+    gain, offset = (batch["noise_estimate"][:, i].view(-1, 1, 1, 1).double() for i in (0, 1))
     low, high = (batch["fit"][:, i].view(-1, 1, 1, 1).double() for i in (0, 1))
-    if generator is not None:
-        spread = torch.randn(2, *gain.shape, generator=generator, dtype=torch.float64) * ESTIMATE_SPREAD
-        gain, offset = gain * spread[0].exp(), offset * spread[1].exp()
     span = high - low
     return gain / span, (gain * low + offset) / span**2
 
 
-def denoise_crops(denoiser, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def denoise_crops(denoiser, batch: dict) -> torch.Tensor:
     """Stage 1 on a batch of degraded crops as the pipeline runs it, on the clean scale."""
     if not getattr(denoiser, "noise_map", False):
         return denoiser(batch["degraded"])
-    gain, offset = fitted_noise(batch, generator)
+    gain, offset = fitted_noise(batch)
     return unfit(batch, apply_denoiser(denoiser, refit(batch, "degraded"), gain, offset))
 
 
@@ -84,21 +80,17 @@ class NoiseAwareDenoising(BlindDenoising):
     """Stage 1 of v2: remove the noise, and nothing else, given the frame's noise model.
 
     Input: the degraded crop, normalised as the pipeline normalises a frame, in the
-    variance-stabilised domain, with the noise level as a second channel; the noise model
-    is the true one perturbed like an estimate. Target: the same crop without its noise
+    variance-stabilised domain of its estimated noise model, with the noise level as a second
+    channel. Target: the same crop without its noise
     (blur, sampling and contrast stay: they are stage 2's business, and a clean frame must
     pass through). The loss is taken after the inverse transform, on the normalised scale
     (what the pipeline hands to stage 2, and what PSNR measures), each crop's in units of its
     noise level.
     """
 
-    def __init__(self, trainer):
-        super().__init__(trainer)
-        self.generator = torch.Generator().manual_seed(trainer.config.data.seed * 1000 + trainer.iteration)
-
     def loss(self, batch: dict) -> torch.Tensor:
         criterion = CRITERIA[self.trainer.settings.loss]
-        gain, offset = fitted_noise(batch, self.generator)
+        gain, offset = fitted_noise(batch)
         restored = apply_denoiser(self.trainer.model, refit(batch, "degraded"), gain, offset)
         # each crop's error in units of its own noise level: unweighted, the few crops near
         # 1 e-/px would set the gradient and the doses microscopists mostly work at, with
