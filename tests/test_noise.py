@@ -191,19 +191,12 @@ def test_leaves_the_input_alone_and_checks_it(clean):
         estimate_noise(np.zeros((4, 64, 64)))
 
 
-def test_full_frame_is_fast_and_right(content):
-    """1024 x 768, 8-bit: under 0.5 s (best of three, the machine may be busy)."""
-    import time
-
+def test_a_full_frame_is_estimated_right(content):
+    """1024 x 768, 8-bit (its time is in benchmarks/bench_default_preset.py, not here)."""
     ramp = np.linspace(0.0, 1.0, 1024)[None, :]
     smooth = np.clip(ndimage.gaussian_filter(content, 1.5)[:768], 0.0, 1.0)
     clean = 0.08 + 0.84 * (0.7 * smooth + 0.3 * ramp)
     frame, scale, truth = noisy_frame(clean, 100, 0.02, 1.0, 0.01, "u8")
     assert frame.shape == (768, 1024)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model = estimate_noise(frame)
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.5
+    model = estimate_noise(frame)
     check_model(model, scale, truth)
