@@ -325,3 +325,22 @@ def test_eval_command_sweeps_doses_and_reads_held_out_sources_from_the_split(tin
     assert "give --doses too" in capsys.readouterr().err
     assert main(["eval", str(sourced_frames[0]), "-o", str(tmp_path / "x"), "--doses", "3,zero", *common]) == 1
     assert "neither a number" in capsys.readouterr().err
+
+
+def test_noisy_truths_are_down_sampled_and_flat_centres_avoided(tmp_path):
+    from napari_etdms.evaluation import content_crop
+    from napari_etdms.frames import estimate_noise, load_ground_truth
+
+    rng = np.random.default_rng(0)
+    clean = sem_like((256, 256), np.float32, seed=3)
+    grainy = np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1)
+    tifffile.imwrite(tmp_path / "grainy.tif", (grainy * 65535).astype(np.uint16))
+    truth, factor = load_ground_truth(tmp_path / "grainy.tif", max_noise=0.035)
+    assert factor in (2, 4) and truth.shape == (256 // factor, 256 // factor)
+    assert estimate_noise(truth) <= 0.035 < estimate_noise(grainy)
+    assert load_ground_truth(tmp_path / "grainy.tif", max_noise=None)[1] == 1
+    # a frame whose centre is an empty cavity: the crop goes where the frame has content
+    frame = np.zeros((300, 300))
+    frame[:100, :100] = sem_like((100, 100), np.float32, seed=4)
+    crop = content_crop(frame, 96)
+    assert np.ptp(crop) > 0.5 and np.array_equal(content_crop(clean, 96), clean[80:176, 80:176])

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the folder holding the split's frames, if they are not at the paths it records")
     ev.add_argument("-o", "--output", required=True, type=Path, help="report folder")
     ev.add_argument("--crop", type=int, default=512, help="central crop of each frame, high-res px (0: whole frame)")
+    ev.add_argument("--max-truth-noise", type=float, metavar="SIGMA",
+                    help="ground truths noisier than this (wavelet MAD sigma of the frame's range) are area "
+                    "down-sampled 2x (or 4x) first, so methods that remove noise are not charged for the truth's "
+                    "own (e.g. 0.015)")
     ev.add_argument("--lpips-weights", type=Path,
                     help="LPIPS network as TorchScript (.pt) or torch.export (.pt2), called as f(x, y) on [-1, 1] "
                     "images; nothing can be downloaded at run time")
@@ -368,7 +372,8 @@ def cmd_eval(args) -> int:
         run_evaluation(pipeline, files, args.output, args.seed, args.crop or None, degradation,
                        run_options=_run_options(args), lpips_weights=args.lpips_weights,
                        fid_weights=args.fid_weights, progress=update, doses=doses, kinds=kinds,
-                       held_out_sources=held_out, baselines=baselines, max_frames=args.max_frames)
+                       held_out_sources=held_out, baselines=baselines, max_frames=args.max_frames,
+                       max_truth_noise=args.max_truth_noise)
     finally:
         bar.close()
     print((args.output / "report.md").read_text())

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import baselines as classical
 from .degradation import SCALE, DegradationConfig, degrade
-from .frames import load_normalised
+from .frames import load_ground_truth
 from .metrics import consistency_psnr, frc_resolution, match_to_reference, matched_psnr, matched_ssim, nrmse
 
 PIPELINE_METHODS = {
@@ -160,6 +160,21 @@ class FrameReport:
     source: str = "other"
     kind: str = ""  # the degradation kind of a dose sweep ("full", "plain"); "" for one degradation
     dose: str = ""  # the dose's label ("30", "clean"); "" for one degradation
+
+
+def content_crop(image: np.ndarray, size: int | None) -> np.ndarray:
+    """The centre crop, unless it is nearly flat (its 1-99 % range under a quarter of the
+    frame's: a cavity, an empty background), where no figure means anything; then, of a 3 x 3
+    grid of crops, the one with the widest range."""
+    centre = centre_crop(image, size)
+    span = lambda a: float(np.subtract(*np.percentile(a, (99, 1))[::1]))  # noqa: E731
+    if not size or span(centre) >= 0.25 * span(image):
+        return centre
+    h, w = centre.shape
+    ys = np.linspace(0, image.shape[0] - h, 3).astype(int) // SCALE * SCALE
+    xs = np.linspace(0, image.shape[1] - w, 3).astype(int) // SCALE * SCALE
+    crops = [image[y : y + h, x : x + w] for y in ys for x in xs]
+    return max(crops, key=span)
 
 
 def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:
@@ -662,7 +677,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
                    degradation: DegradationConfig = DegradationConfig(), run_options: dict | None = None,
                    lpips_weights: Path | None = None, fid_weights: Path | None = None, progress=None, *,
                    doses: list[float | str] | None = None, kinds=DEGRADATION_KINDS, held_out_sources=(),
-                   baselines=tuple(classical.BASELINES), max_frames: int | None = None) -> dict:
+                   baselines=tuple(classical.BASELINES), max_frames: int | None = None,
+                   max_truth_noise: float | None = None) -> dict:
     """Evaluate `pipeline` and the classical `baselines` on clean `frames`, write the reports.
 
     Without `doses`: one degradation (`degradation`), report.md, metrics.csv, summary.json,
@@ -671,6 +687,8 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
     frame degraded with the same seed at every point and the pipeline run once per point;
     report.md, metrics.csv, summary.json and dose-sweep.png. Frames of `held_out_sources` are
     reported apart. A baseline whose dependency is missing is reported as skipped.
+    `max_truth_noise`: truths noisier than this are area down-sampled first
+    (`frames.load_ground_truth`); each truth is cropped where it has content (`content_crop`).
     """
     run_options = run_options or {}
     held_out = set(held_out_sources)
@@ -679,12 +697,12 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
     frames = pick_frames(frames, max_frames)
     if doses is None:
         return _single(pipeline, frames, out_dir, seed, crop, degradation, run_options, lpips_weights, fid_weights,
-                       progress, runnable, skipped, held_out)
+                       progress, runnable, skipped, held_out, max_truth_noise)
     kinds = list(dict.fromkeys(kinds))
     points = [(kind, dose, dose_degradation(kind, dose, degradation)) for kind in kinds for dose in doses]
     reports: list[FrameReport] = []
     for i, path in enumerate(frames):
-        clean = centre_crop(load_normalised(path), crop).astype(np.float64)
+        clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
         for j, (kind, dose, config) in enumerate(points):
             report, _ = evaluate_frame(pipeline, clean, path.stem, seed + i, config, run_options, runnable)
             report.kind, report.dose = kind, dose_label(dose)
@@ -695,7 +713,7 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
                                                         and r.dose == dose_label(dose)], held_out)
                     for dose in doses} for kind in kinds}
     settings = _settings(pipeline, reports, seed, crop, len(frames), run_options, degradation, runnable, held_out)
-    settings |= {"doses": [dose_label(d) for d in doses], "kinds": kinds}
+    settings |= {"doses": [dose_label(d) for d in doses], "kinds": kinds, "max_truth_noise": max_truth_noise}
     optional = _optional_metric_status(lpips_weights, fid_weights, sweep=True)
     write_sweep_reports(out_dir, reports, sweep, settings, optional, skipped, held_out)
     dose_sweep_figure(out_dir / "dose-sweep.png", sweep, held_out)
@@ -703,11 +721,11 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
 
 
 def _single(pipeline, frames, out_dir, seed, crop, degradation, run_options, lpips_weights, fid_weights, progress,
-            baselines, skipped, held_out) -> dict:
+            baselines, skipped, held_out, max_truth_noise) -> dict:
     reports, examples = [], []
     learned: dict[str, list[np.ndarray]] = {}
     for i, path in enumerate(frames):
-        clean = centre_crop(load_normalised(path), crop).astype(np.float64)
+        clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
         report, images = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, run_options, baselines)
         reports.append(report)
         if len(examples) < 4:

@@ -26,6 +26,40 @@ def load_normalised(path: Path) -> np.ndarray:
 
 
 
+# Noisy frames serve as targets or ground truths only after an area down-sampling by one of
+# these factors averages their noise away (the noise std halves per 2x for white noise).
+TRUTH_DOWNSAMPLING = (2, 4)
+
+
+def estimate_noise(image01: np.ndarray) -> float:
+    """Gaussian noise sigma of a [0, 1] frame (wavelet MAD estimator, scikit-image)."""
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(image01))
+
+
+def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    h, w = image.shape[0] - image.shape[0] % factor, image.shape[1] - image.shape[1] % factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def load_ground_truth(path: Path, max_noise: float | None) -> tuple[np.ndarray, int]:
+    """A frame as a ground truth: `load_normalised`, and when its noise is above `max_noise`,
+    area down-sampled by the smallest factor of TRUTH_DOWNSAMPLING that brings it under (else
+    the largest). A noisy truth charges every method that removes noise for the truth's own
+    noise. Returns the image and the factor used."""
+    image = load_normalised(path)
+    if max_noise is None or estimate_noise(image) <= max_noise:
+        return image, 1
+    for factor in TRUTH_DOWNSAMPLING:
+        smaller = area_downsample(image, factor)
+        if estimate_noise(smaller) <= max_noise:
+            break
+    return smaller, factor
+
+
 def validation_frames(split_file: str | Path, frames_dir: str | Path | None = None) -> list[Path]:
     """The validation frames of a run's split.json. The split records each frame's path where
     it was trained; `frames_dir`, when given, is the folder that now holds them (found by file

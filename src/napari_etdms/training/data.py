@@ -12,14 +12,10 @@ import numpy as np
 import torch
 
 from ..degradation import SCALE, DegradationConfig, degrade_with_details
-from ..frames import load_normalised
+from ..frames import TRUTH_DOWNSAMPLING, area_downsample, estimate_noise, load_normalised
 from ..intensity import SIGNAL_SMOOTHING, IntensityMap
 from ..io import iter_image_files
 from ..noise import frame_noise
-
-# Noisy frames become targets only after an area down-sampling by one of these factors
-# averages their noise away (the noise std halves per 2x for white noise).
-TARGET_DOWNSAMPLING = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -27,7 +23,7 @@ class FrameInfo:
     path: Path
     scene: str
     noise_sigma: float
-    # the noise after each of TARGET_DOWNSAMPLING (empty: not measured)
+    # the noise after each of TRUTH_DOWNSAMPLING (empty: not measured)
     downsampled_noise_sigma: tuple[float, ...] = ()
     downsample: int = 1  # the factor a training stream applies to this frame
 
@@ -41,7 +37,7 @@ class FrameInfo:
         by the smallest factor that is clean enough, or None."""
         if self.noise_sigma <= max_noise:
             return self
-        for factor, sigma in zip(TARGET_DOWNSAMPLING, self.downsampled_noise_sigma):
+        for factor, sigma in zip(TRUTH_DOWNSAMPLING, self.downsampled_noise_sigma):
             if sigma <= max_noise:
                 return replace(self, downsample=factor)
         return None
@@ -91,24 +87,10 @@ def scene_key(path: Path) -> str:
     return stem
 
 
-def estimate_noise(image01: np.ndarray) -> float:
-    """Gaussian noise sigma of a [0, 1] frame (wavelet MAD estimator, scikit-image)."""
-    from skimage.restoration import estimate_sigma
-
-    return float(estimate_sigma(image01))
-
-
-def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return image
-    h, w = image.shape[0] - image.shape[0] % factor, image.shape[1] - image.shape[1] % factor
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-
-
 def screen_frames(paths: list[Path]) -> list[FrameInfo]:
     def info(path: Path) -> FrameInfo:
         image = load_normalised(path)
-        sigmas = tuple(estimate_noise(area_downsample(image, f)) for f in TARGET_DOWNSAMPLING)
+        sigmas = tuple(estimate_noise(area_downsample(image, f)) for f in TRUTH_DOWNSAMPLING)
         return FrameInfo(path, scene_key(path), estimate_noise(image), sigmas)
 
     return [info(p) for p in paths]
