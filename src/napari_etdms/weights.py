@@ -19,7 +19,7 @@ import torch
 from .config import ConfigError, ModelConfig, model_config
 from .io import write_file_atomically
 
-DEFAULT_WEIGHTS = "etdms-sem-lite-v1"
+DEFAULT_WEIGHTS = "etdms-sem-v2"
 MANIFEST = "weights.json"
 PARTS = ("denoiser", "clsr")
 ENV_VAR = "NAPARI_ETDMS_WEIGHTS"
