@@ -276,5 +276,7 @@ def test_stage1_is_seam_free_on_a_real_zeiss_frame_at_any_tile_size():
     out = {t: pipe.run(frame, super_resolve=False, tile=t, overlap=16).denoised for t in (64, 96)}
     cavity = (slice(40, 260), slice(50, 550))
     assert psnr(out[64][cavity], out[96][cavity], data_range=255) >= 50
-    # and the denoiser did something there: the agreement is not that of two copies of the input
-    assert psnr(out[64][cavity], frame[cavity].astype(np.float32), data_range=255) < 50
+    # and the agreement is not that of two untouched copies: the denoiser changes the frame
+    # far more than the two tilings differ
+    agreement = psnr(out[64], out[96], data_range=255)
+    assert agreement >= 50 and psnr(out[64], frame.astype(np.float32), data_range=255) < agreement - 20

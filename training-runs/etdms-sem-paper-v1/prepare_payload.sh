@@ -42,7 +42,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import tifffile
-from napari_etdms.training.data import load_normalised
+from napari_etdms.frames import load_normalised
 
 split, out = json.load(open(sys.argv[1])), Path(sys.argv[2])
 crops = {"train": int(sys.argv[3]), "validation": int(sys.argv[4])}
