@@ -102,16 +102,21 @@ def tiny_train_config(data_dir, iterations=3):
     })
 
 
+def write_frames(folder, frames: dict[str, np.ndarray]):
+    """A folder of 8-bit TIFF frames (arrays on [0, 1] or uint8), a training pool."""
+    folder.mkdir()
+    for name, frame in frames.items():
+        data = frame if frame.dtype == np.uint8 else (np.clip(frame, 0, 1) * 255).astype(np.uint8)
+        tifffile.imwrite(folder / name, data)
+    return folder
+
+
 @pytest.fixture
 def pool(tmp_path):
-    folder = tmp_path / "pool"
-    folder.mkdir()
-    for i in range(4):
-        tifffile.imwrite(folder / f"scene{i}_detectorA.tif", sem_like((96, 96), np.uint8, seed=i))
-    tifffile.imwrite(folder / "scene0_detectorB.tif", sem_like((96, 96), np.uint8, seed=9))
-    noisy = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
-    tifffile.imwrite(folder / "pure_noise.tif", noisy)
-    return folder
+    frames = {f"scene{i}_detectorA.tif": sem_like((96, 96), np.uint8, seed=i) for i in range(4)}
+    frames["scene0_detectorB.tif"] = sem_like((96, 96), np.uint8, seed=9)
+    frames["pure_noise.tif"] = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
+    return write_frames(tmp_path / "pool", frames)
 
 
 def copy_with_preset(entry, folder, name, preset):

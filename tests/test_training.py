@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import sem_like, tiny_train_config
+from conftest import sem_like, tiny_train_config, write_frames
 
 from napari_etdms.config import DiffusionConfig
 from napari_etdms.frames import load_normalised, validation_frames
@@ -466,14 +466,11 @@ def test_noise_aware_stage1_learns_the_noiseless_frame_in_units_of_its_noise(poo
 
 
 def test_noisy_frames_train_down_sampled_and_held_out_sources_only_validate(tmp_path):
-    folder = tmp_path / "pool"
-    folder.mkdir()
-    for i in range(4):
-        tifffile.imwrite(folder / f"labA__scene{i}.tif", sem_like((256, 256), np.uint8, seed=i))
-    tifffile.imwrite(folder / "labB__other.tif", sem_like((256, 256), np.uint8, seed=7))
-    rng = np.random.default_rng(0)
-    noisy = np.clip(sem_like((256, 256), np.float32, seed=8) + rng.normal(0, 0.08, (256, 256)), 0, 1)
-    tifffile.imwrite(folder / "labA__grainy.tif", (noisy * 255).astype(np.uint8))
+    frames = {f"labA__scene{i}.tif": sem_like((256, 256), np.uint8, seed=i) for i in range(4)}
+    frames["labB__other.tif"] = sem_like((256, 256), np.uint8, seed=7)
+    grain = np.random.default_rng(0).normal(0, 0.08, (256, 256))
+    frames["labA__grainy.tif"] = sem_like((256, 256), np.float32, seed=8) + grain
+    folder = write_frames(tmp_path / "pool", frames)
     config = tiny_train_config(folder)
     data = config.data.model_copy(update={"noisy_frames": "downsample", "held_out_sources": ["labB"],
                                           "max_target_noise": 0.06})
