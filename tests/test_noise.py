@@ -200,3 +200,14 @@ def test_a_full_frame_is_estimated_right(content):
     assert frame.shape == (768, 1024)
     model = estimate_noise(frame)
     check_model(model, scale, truth)
+
+
+def test_the_noise_is_described_in_a_microscopist_s_terms():
+    from napari_etdms.noise import NoiseModel
+
+    shot = NoiseModel(gain=255 / 30, offset=(0.01 * 255) ** 2, row_correlation=0.3)
+    assert shot.describe(0, 255).startswith("~30 e-/px at white, std 13 % of the range at mid-grey")
+    assert "row correlation 0.30" in shot.describe(0, 255)
+    read_only = NoiseModel(gain=1e-5, offset=0.009)  # a dose with no meaning: shot noise is 0.05 % of it
+    assert read_only.describe(0, 1).startswith("mostly signal-independent noise, std 9.5 %")
+    assert NoiseModel(0.0, 0.0).describe(0, 1).startswith("no noise found")

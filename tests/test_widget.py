@@ -171,8 +171,10 @@ def test_new_widget_uses_the_weights_preset(make_napari_viewer, tiny_weights, mo
     monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
     monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path))
     from napari_etdms.plugin.widget import ETDMSWidget
+    from napari_etdms.weights import DEFAULT_WEIGHTS
 
     widget = ETDMSWidget(make_napari_viewer())
+    assert widget.weights.value == DEFAULT_WEIGHTS  # not merely the first installed weights
     widget.weights.value = "tiny-test"  # its preset: ddim, 4 steps
     assert widget.sampler.value == "ddim" and widget.steps.value == 4
     assert widget.data_consistency.value

@@ -62,8 +62,13 @@ class NoiseModel:
         """In a microscopist's terms, for a frame whose signal spans [low, high]: the dose
         the shot noise corresponds to and the noise at mid-grey relative to that range."""
         unit = self.rescaled(low, high)
-        dose = f"~{1 / unit.gain:.3g} e-/px at white" if unit.gain > 0 else "no shot noise"
         mid = unit.std_at(0.5)
+        shot_share = unit.gain * 0.5 / mid**2 if mid > 0 else 0.0
+        if shot_share >= 0.2:  # the dose is only meaningful where shot noise is a real part of it
+            electrons = 1 / unit.gain
+            dose = f"~{electrons:,.0f} e-/px at white" if electrons >= 10 else f"~{electrons:.2g} e-/px at white"
+        else:
+            dose = "mostly signal-independent noise" if mid > 0 else "no noise found"
         parts = [dose, f"std {100 * mid:.2g} % of the range at mid-grey"]
         if abs(self.row_correlation) >= 0.05:
             parts.append(f"row correlation {self.row_correlation:.2f}")

@@ -90,6 +90,8 @@ class ETDMSWidget(QWidget):
         self.noise_info = Label(value="")
         self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=True)
         self.weights = ComboBox(label="weights", choices=self._weights_choices)
+        if DEFAULT_WEIGHTS in self.weights.choices:  # else the first installed
+            self.weights.value = DEFAULT_WEIGHTS
         self.weights_file = FileEdit(label="weights.json", filter="weights.json", visible=False)
         devices = detected_devices()
         self.device = ComboBox(label="device", choices=devices, value="auto")
