@@ -449,6 +449,8 @@ def test_noise_aware_stage1_learns_the_noiseless_frame_in_units_of_its_noise(poo
     trainer = StageTrainer(config, "stage1", tmp_path / "run")
     batch = trainer.stream.fixed_batch(4, seed=1)
     assert set(batch) == {"degraded", "clean_lr", "clean_hr", "noiseless", "noise", "noise_estimate", "fit"}
+    # the CLSR's stage never runs the denoiser: its crops skip the estimate
+    assert "noise_estimate" not in StageTrainer(config, "stage2", tmp_path / "run").stream.fixed_batch(1, seed=1)
     loss = trainer.loss(batch)
     gain, offset = fitted_noise(batch)
     stab = Stabiliser(gain, offset)

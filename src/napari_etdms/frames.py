@@ -25,7 +25,6 @@ def load_normalised(path: Path) -> np.ndarray:
     return np.clip((mapping.forward(data) + 1.0) * 0.5, -0.05, 1.05)
 
 
-
 # Noisy frames serve as targets or ground truths only after an area down-sampling by one of
 # these factors averages their noise away (the noise std halves per 2x for white noise).
 TRUTH_DOWNSAMPLING = (2, 4)

@@ -279,14 +279,14 @@ class Pipeline:
                 progress(done, total, stage_name)
 
         mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+        timings = {}
         noise_source = "given"
         if noise is None:
             started = time.perf_counter()
             noise, noise_source = frame_noise(frame)
-            estimate_s = time.perf_counter() - started
+            timings["noise_estimate_s"] = round(time.perf_counter() - started, 3)
         normalised = np.pad(mapping.forward(frame), ((0, padded_h - height), (0, padded_w - width)), mode="symmetric")
         low_res = torch.from_numpy(normalised)[None, None]
-        timings = {"noise_estimate_s": round(estimate_s, 3)} if "estimate_s" in locals() else {}
         result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE),
                         noise=noise)
 

@@ -127,21 +127,25 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 class CropStream(torch.utils.data.IterableDataset):
     """Endless random crops, each a dict: degraded low-res, clean low-res, clean high-res and
     the noiseless recorded low-res frame on the clean crop's [-1, 1] scale; the noise model
-    added and the one estimated from the degraded crop as the pipeline estimates a frame's
-    (`noise`, `noise_estimate`: gain, offset on the [0, 1] scale), and the degraded crop's
-    fitted signal range (`fit`: low, high on that scale, as the pipeline fits a frame).
+    added (`noise`: gain, offset on the [0, 1] scale); with `noise_estimate`, also the one
+    estimated from the degraded crop as the pipeline estimates a frame's (`noise_estimate`)
+    and the crop's fitted signal range (`fit`: low, high on that scale, as the pipeline fits
+    a frame).
 
     Frames are read lazily and kept once in memory, normalised to [0, 1] float16
     (half the footprint of float32); crops are degraded on the fly.
     """
 
-    def __init__(self, frames: list[FrameInfo], hr_crop: int, seed: int, degradation: DegradationConfig):
+    def __init__(self, frames: list[FrameInfo], hr_crop: int, seed: int, degradation: DegradationConfig,
+                 noise_estimate: bool = False):
         if hr_crop % SCALE:
             raise ValueError(f"high-res crop {hr_crop} must be a multiple of {SCALE}")
         self.frames = frames
         self.hr_crop = hr_crop
         self.seed = seed
         self.degradation = degradation
+        # the estimate and the fit feed only a noise-aware stage 1: spared on the CLSR's hot path
+        self.noise_estimate = noise_estimate
         self._cache: dict[tuple[Path, int], np.ndarray] = {}
 
     def frame(self, info: FrameInfo) -> np.ndarray:
@@ -163,13 +167,15 @@ class CropStream(torch.utils.data.IterableDataset):
         # Degraded crops keep the simulated gain/offset, in the clean frame's intensity scale;
         # the pipeline matches that scale by fitting its range to the smoothed frame.
         made = degrade_with_details(crop, rng, self.degradation)
-        fit = IntensityMap.fit(made.degraded, smoothing=SIGNAL_SMOOTHING)
-        images = {key: torch.from_numpy(getattr(made, key) * 2.0 - 1.0)[None]
+        sample = {key: torch.from_numpy(getattr(made, key) * 2.0 - 1.0)[None]
                   for key in ("degraded", "clean_lr", "clean_hr", "noiseless")}
-        estimate = frame_noise(made.degraded)[0]
-        return images | {"noise": torch.tensor([made.noise.gain, made.noise.offset], dtype=torch.float32),
-                         "noise_estimate": torch.tensor([estimate.gain, estimate.offset], dtype=torch.float32),
-                         "fit": torch.tensor([fit.low, fit.high], dtype=torch.float32)}
+        sample["noise"] = torch.tensor([made.noise.gain, made.noise.offset], dtype=torch.float32)
+        if self.noise_estimate:
+            fit = IntensityMap.fit(made.degraded, smoothing=SIGNAL_SMOOTHING)
+            estimate = frame_noise(made.degraded)[0]
+            sample["noise_estimate"] = torch.tensor([estimate.gain, estimate.offset], dtype=torch.float32)
+            sample["fit"] = torch.tensor([fit.low, fit.high], dtype=torch.float32)
+        return sample
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

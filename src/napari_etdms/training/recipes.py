@@ -4,7 +4,8 @@ beside the one training loop of `trainer.py` (resume, EMA, schedule, DDP, loggin
 Batches are dicts of `CropStream.sample` tensors: `degraded`, `clean_lr`, `clean_hr` and
 `noiseless` on the clean crop's [-1, 1] scale, `noise` and `noise_estimate` (gain, offset of
 the degraded crop on that crop's [0, 1] scale: added, and estimated from the crop) and `fit`
-(low, high: the crop's signal range as the pipeline fits it on a frame, on that scale).
+(low, high: the crop's signal range as the pipeline fits it on a frame, on that scale); the
+last two only where a noise-aware stage 1 runs.
 """
 
 from __future__ import annotations

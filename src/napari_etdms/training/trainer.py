@@ -223,8 +223,11 @@ class StageTrainer:
             train = cleaner
         self.train_frames = len(train)
         crop = self.settings.hr_crop
-        self.stream = CropStream(train, crop, config.data.seed * 1000 + self.iteration, config.data.degradation)
-        self.validation = CropStream(val, crop, config.data.seed, config.data.degradation).fixed_batch(
+        # a noise-aware stage 1 is run on the estimate, in training and as the fine-tune's conditioner
+        estimate = config.model.swinir.noise_map and stage in ("stage1", "finetune")
+        self.stream = CropStream(train, crop, config.data.seed * 1000 + self.iteration, config.data.degradation,
+                                 estimate)
+        self.validation = CropStream(val, crop, config.data.seed, config.data.degradation, estimate).fixed_batch(
             self.settings.validation_crops, seed=12345
         )
         if stage == "stage1":
