@@ -129,8 +129,9 @@ def test_progress_reports_every_step_and_reaches_total(tiny_pipeline):
     tiny_pipeline.run(sem_like((48, 48)), progress=lambda d, t, s: calls.append((d, t, s)), **FAST)
     done = [c[0] for c in calls]
     total = calls[0][1]
-    # 4 tiles (48 px, tile 32, overlap 8): one denoise pass + 3 sampling steps
-    assert total == 4 + 3 * 4 and done == list(range(1, total + 1))
+    # stage 1: one tile (its tiles are at least DENOISE_MIN_TILE, here the whole 48 px frame);
+    # stage 2: 4 tiles (tile 32, overlap 8) at each of 3 sampling steps
+    assert total == 1 + 3 * 4 and done == list(range(1, total + 1))
     assert {c[2] for c in calls} == {"denoise", "super-resolve"}
 
 
@@ -264,19 +265,21 @@ def test_a_frame_too_small_for_the_noise_fit_gets_a_gaussian_estimate(noise_awar
 
 
 def test_stage1_is_seam_free_on_a_real_zeiss_frame_at_any_tile_size():
-    """The dark cavity of a Zeiss InLens frame, contrast as users stretch it: tile 64 and
-    tile 96 must agree (>= 50 dB over the frame's 0-255 range); blending the biased edges of
-    tiles once drew a 48 px grid here (41.9 dB)."""
+    """The dark cavity of a Zeiss InLens frame, contrast as users stretch it: stage-1 tiles of
+    128 and 192 px must agree (>= 50 dB over the frame's 0-255 range); blending the biased
+    edges of tiles once drew a 48 px grid here (41.9 dB)."""
     import tifffile
 
     from napari_etdms.metrics import psnr
 
     frame = tifffile.imread("tests/data/zeiss_auriga_inlens_UB19_14_databar.tif")[380:676, 200:800]
     pipe = Pipeline.from_pretrained()
-    out = {t: pipe.run(frame, super_resolve=False, tile=t, overlap=16).denoised for t in (64, 96)}
+    runs = {t: pipe.run(frame, super_resolve=False, tile=t, overlap=16) for t in (128, 192)}
+    assert [r.metadata["denoise_tiling"]["tile"] for r in runs.values()] == [128, 192]
+    out = {t: r.denoised for t, r in runs.items()}
     cavity = (slice(40, 260), slice(50, 550))
-    assert psnr(out[64][cavity], out[96][cavity], data_range=255) >= 50
+    assert psnr(out[128][cavity], out[192][cavity], data_range=255) >= 50
     # and the agreement is not that of two untouched copies: the denoiser changes the frame
     # far more than the two tilings differ
-    agreement = psnr(out[64], out[96], data_range=255)
-    assert agreement >= 50 and psnr(out[64], frame.astype(np.float32), data_range=255) < agreement - 20
+    agreement = psnr(out[128], out[192], data_range=255)
+    assert agreement >= 50 and psnr(out[128], frame.astype(np.float32), data_range=255) < agreement - 20
