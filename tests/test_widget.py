@@ -207,3 +207,93 @@ def test_strength_zero_leaves_the_frame_undenoised_and_the_noise_is_shown(make_n
     run_and_wait(qtbot, widget)
     assert viewer.layers["sem denoised"].metadata["strength"] == 1.5
     assert not np.allclose(viewer.layers["sem denoised"].data, data, atol=1e-3 * data.max())
+
+
+def test_image_choice_follows_the_layer_selection_until_the_user_picks(make_napari_viewer, tiny_weights,
+                                                                        monkeypatch, tmp_path, qtbot):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    first = viewer.add_image(sem_like((40, 40), np.uint8), name="first")  # as if dropped in before the widget
+    _, widget = viewer.window.add_plugin_dock_widget("napari-etdms", "ETDMS")
+    assert widget.image.value is first  # not empty: Run works on the frame on screen
+    second = viewer.add_image(sem_like((40, 40), np.uint8, seed=1), name="second")
+    assert widget.image.value is second  # the newest (napari selects it)
+    viewer.layers.selection.active = first
+    assert widget.image.value is first
+    viewer.add_points([[1, 1]])  # not an image: the choice stays
+    assert widget.image.value is first
+    widget.weights.value, widget.sampler.value, widget.steps.value = "tiny-test", "ddim", 2
+    widget.advanced.value, widget.tile.value, widget.overlap.value = True, 32, 8
+    run_and_wait(qtbot, widget)
+    assert widget.image.value is first  # our new output layers are selected by napari, never chosen
+    widget.image.value = second  # the user's pick holds against the selection
+    viewer.layers.selection.active = first
+    assert widget.image.value is second
+    viewer.layers.remove(second)  # its layer gone: follow the selection again
+    viewer.layers.selection.active = first
+    assert widget.image.value is first
+
+
+def test_compare_shows_input_and_outputs_side_by_side_and_returns_to_the_overlay(setup, qtbot):
+    from napari_etdms.plugin.widget import _grid
+
+    viewer, widget, layer, _ = setup
+    grid = _grid(viewer)
+    other = viewer.add_image(np.zeros((10, 10)), name="other")
+    widget.image.value = layer  # the new layer was selected, and the choice followed it
+    assert not widget.compare_button.enabled  # nothing to compare before a run
+    widget.samples.value = 2  # the std map joins the grid
+    run_and_wait(qtbot, widget)
+    order = [lay.name for lay in viewer.layers]
+    layer.contrast_limits = (100, 5000)
+    widget.compare_button.clicked()
+    expected = ["sem", "sem denoised", "sem ETDMS x4", "sem bicubic x4", "sem ETDMS x4 std"]
+    shown = [lay for lay in viewer.layers if lay.visible]
+    assert grid.enabled and [lay.name for lay in shown] == expected
+    layers = list(viewer.layers)
+    cells = [grid.position(layers.index(lay), layers) for lay in shown]
+    assert cells == sorted(cells) and len(set(cells)) == len(expected)  # one panel each, in reading order
+    assert grid.actual_shape(layers) == (2, 3)
+    for name in expected[1:4]:  # matched contrast: the input's, which the user had just stretched
+        assert tuple(viewer.layers[name].contrast_limits) == (100, 5000)
+    assert not other.visible and not viewer.layers["sem denoised bicubic x4"].visible
+    # linked views: napari's one camera drives every panel's view (zoom and pan together)
+    def panel_views():
+        views = []
+        for shown_layer in shown:
+            node = viewer.window._qt_viewer.canvas.layer_to_visual[shown_layer].node
+            while not hasattr(node, "camera"):
+                node = node.parent
+            views.append(node)
+        return views
+
+    camera = viewer.camera if not hasattr(viewer, "scene") else viewer.scene.camera
+    before = tuple(np.round(panel_views()[0].camera.rect.size, 3))
+    camera.zoom *= 2.5
+    camera.center = (0.0, 80.0, 60.0)[-len(camera.center):]
+    qtbot.wait(50)
+    rects = {tuple(np.round(view.camera.rect.size, 3)) for view in panel_views()}
+    assert len(panel_views()) == len(expected) and len(rects) == 1 and rects != {before}
+    assert widget.compare_button.text == "Overlay"
+    widget.compare_button.clicked()
+    assert not grid.enabled and [lay.name for lay in viewer.layers] == order
+    assert other.visible and all(lay.visible for lay in viewer.layers)
+    assert widget.compare_button.text == "Compare"
+
+
+def test_compare_after_a_region_run_and_a_new_run_returns_to_the_overlay(setup, qtbot):
+    from napari_etdms.plugin.widget import _grid
+
+    viewer, widget, layer, _ = setup
+    grid = _grid(viewer)
+    shapes = viewer.add_shapes([[[100 + 5 * 10, 20 + 5 * 12], [100 + 5 * 30, 20 + 5 * 40]]], shape_type="rectangle")
+    widget.region.value, widget.shapes.value = "shapes rectangle", shapes
+    widget.image.value = layer
+    run_and_wait(qtbot, widget)
+    widget.compare_button.clicked()
+    assert grid.enabled and [lay.name for lay in viewer.layers if lay.visible] == [
+        "sem", "sem denoised", "sem ETDMS x4", "sem bicubic x4"]
+    run_and_wait(qtbot, widget)  # a new run leaves the grid first, then adds its outputs
+    assert not grid.enabled and widget.compare_button.text == "Compare"
+    assert shapes.visible

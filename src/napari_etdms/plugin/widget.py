@@ -46,6 +46,8 @@ OUTPUTS = {  # Result field -> layer name suffix
     "bicubic_denoised": "denoised bicubic x4",
     "std": "ETDMS x4 std",
 }
+# Compare: the grid's panels, in this order, after the input
+COMPARED = ("denoised", "super_resolved", "bicubic_input", "std")
 PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
              "data_consistency", "region", "tile", "overlap", "batch_size", "precision")
 
@@ -68,6 +70,10 @@ class ETDMSWidget(QWidget):
         self._cancel: threading.Event | None = None
         self._progress = None  # napari.utils.progress in the activity panel
         self._latest = None  # newest progress event, drawn by the timer
+        self._image_pinned = False  # the user chose an image: stop following the layer selection
+        self._following = False  # the widget, not the user, is setting the image choice
+        self._compared: list[str] = []  # the last run's input and output layer names
+        self._overlay_state: dict | None = None  # set while Compare shows the grid
         self._timer = QTimer(self)
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
@@ -75,6 +81,9 @@ class ETDMSWidget(QWidget):
         self._restore_settings()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._image_pinned = False
+        self._follow_selection()
 
     # ---- construction -----------------------------------------------------------------
     def _build(self):
@@ -116,6 +125,10 @@ class ETDMSWidget(QWidget):
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
                                   value="auto", visible=False)
         self.run_button = PushButton(text="Run")
+        self.compare_button = PushButton(
+            text="Compare", enabled=False,
+            tooltip="the input and the last run's outputs side by side (one linked view, matched contrast); "
+                    "press again to return to the overlay")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.form = Container(widgets=[
@@ -124,7 +137,7 @@ class ETDMSWidget(QWidget):
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
             self.data_consistency, self.region,
             self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
-            self.run_button, self.progress_bar, self.status,
+            self.run_button, self.compare_button, self.progress_bar, self.status,
         ])
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
@@ -137,6 +150,7 @@ class ETDMSWidget(QWidget):
         self.weights.changed.connect(self._apply_preset)
         self._apply_preset(self.weights.value)
         self.run_button.changed.connect(self._run_or_cancel)
+        self.compare_button.changed.connect(self._toggle_compare)
         self._image_changed(self.image.value)
 
     def _image_choices(self, _widget=None):
@@ -157,6 +171,28 @@ class ETDMSWidget(QWidget):
 
     def _refresh_layers(self, _event=None):
         self.form.reset_choices()
+        self._follow_selection()
+
+    def _default_image(self):
+        """The selected image layer, else the current choice, else the newest image; never one
+        of our outputs."""
+        inputs = [layer for layer in self._image_choices() if not _is_output(layer)]
+        for layer in (self.viewer.layers.selection.active, self.image.value):
+            if layer in inputs:
+                return layer
+        return inputs[-1] if inputs else None
+
+    def _follow_selection(self, _event=None):
+        """Until the user picks an image, the choice follows napari's layer selection."""
+        if self._image_pinned:
+            return
+        layer = self._default_image()
+        if layer is not None and layer is not self.image.value:
+            self._following = True
+            try:
+                self.image.value = layer
+            finally:
+                self._following = False
 
     def _toggle_advanced(self, shown: bool):
         for w in (self.tile, self.overlap, self.batch_size, self.precision):
@@ -164,6 +200,8 @@ class ETDMSWidget(QWidget):
 
     def _image_changed(self, layer):
         self.slices.visible = layer is not None and layer.ndim == 3
+        if not self._following:  # the user's choice (or its layer was removed: follow again)
+            self._image_pinned = layer is not None
 
     def _apply_preset(self, name):
         """The weights' measured default sampling (persisted settings override it)."""
@@ -287,6 +325,8 @@ class ETDMSWidget(QWidget):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
+        if self._overlay_state is not None:
+            self._show_overlay()  # new outputs land in the overlay, where they are added
         try:
             layer, frames, noise_frames, offset, slice_index = self._snapshot()
             weights = self._selected_weights()
@@ -392,6 +432,9 @@ class ETDMSWidget(QWidget):
             }
             self._add_or_update(layer, f"{layer.name} {suffix}", data, field_name, context, provenance)
         self.status.value = f"done in {seconds:.1f} s"
+        self._compared = [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED
+                                         if getattr(results[0], f) is not None]
+        self.compare_button.enabled = len(self._compared) > 1
         mapped = results[0].metadata["intensity_map"]
         where = "whole slice" if context.get("noise_from_whole") else "processed frame"
         self.noise_info.value = f"noise ({where}): {results[0].noise.describe(mapped['low'], mapped['high'])}"
@@ -416,6 +459,62 @@ class ETDMSWidget(QWidget):
         if name in self.viewer.layers:  # re-running replaces the previous outputs of this input
             self.viewer.layers.remove(name)
         self.viewer.add_image(data, name=name, **kwargs)
+
+
+    # ---- compare --------------------------------------------------------------------------
+    def _toggle_compare(self, _=None):
+        if self._overlay_state is None:
+            self._show_compare()
+        else:
+            self._show_overlay()
+
+    def _show_compare(self):
+        """The input and the last run's outputs in napari's grid, in COMPARED order. The grid
+        is one canvas with one camera: zoom and pan move every panel together."""
+        from napari.utils.notifications import show_info
+
+        layers, grid = self.viewer.layers, _grid(self.viewer)
+        names = [name for name in self._compared if name in layers]
+        if len(names) < 2:
+            show_info("ETDMS: run first; Compare shows the input beside the outputs of the last run")
+            return
+        self._overlay_state = {"order": [layer.name for layer in layers],
+                               "visible": {layer.name: layer.visible for layer in layers},
+                               "grid": (grid.enabled, grid.stride, grid.shape)}
+        for name in names:  # the grid places visible layers by list index: move ours to the end, in order
+            layers.move(layers.index(name), len(layers))
+        limits = tuple(layers[names[0]].contrast_limits)
+        for layer in layers:
+            layer.visible = layer.name in names
+            if layer.name in names[1:] and layer.metadata.get("output") != "std":
+                layer.contrast_limits = limits
+        grid.stride, grid.shape, grid.enabled = 1, (-1, -1), True
+        self.viewer.reset_view()
+        self.compare_button.text = "Overlay"
+
+    def _show_overlay(self):
+        """Back from Compare: the grid, the layer order and the visibility as they were."""
+        state, self._overlay_state = self._overlay_state, None
+        layers, grid = self.viewer.layers, _grid(self.viewer)
+        grid.enabled, grid.stride, grid.shape = state["grid"]
+        order = [name for name in state["order"] if name in layers]
+        order += [layer.name for layer in layers if layer.name not in order]  # added while comparing: on top
+        for name in order:
+            layers.move(layers.index(name), len(layers))
+        for layer in layers:
+            layer.visible = state["visible"].get(layer.name, layer.visible)
+        self.viewer.reset_view()
+        self.compare_button.text = "Compare"
+
+
+def _grid(viewer):
+    """The viewer's grid settings (napari >= 0.9 keeps them on the canvas)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None else viewer.grid
+
+
+def _is_output(layer) -> bool:
+    return "napari-etdms" in str(layer.metadata.get("plugin", ""))
 
 
 def _collect(job, outcome: dict):
