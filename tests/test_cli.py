@@ -28,6 +28,17 @@ def test_usage_errors_exit_2(capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("option", [["--steps", "0"], ["--samples", "0"], ["--tile", "8"], ["--overlap", "-1"],
+                                    ["--batch-size", "0"], ["--steps", "two"]])
+def test_bad_run_settings_are_usage_errors_before_any_work(option, tmp_path, capsys):
+    frame = tmp_path / "frame.tif"
+    frame.write_bytes(b"not read: the settings are refused first")
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(frame), "-o", str(tmp_path / "out"), *option])
+    assert exc.value.code == 2 and option[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_infer_writes_all_outputs_with_pixel_size_and_provenance(tiny_weights, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -283,3 +283,8 @@ def test_stage1_is_seam_free_on_a_real_zeiss_frame_at_any_tile_size():
     # far more than the two tilings differ
     agreement = psnr(out[128], out[192], data_range=255)
     assert agreement >= 50 and psnr(out[128], frame.astype(np.float32), data_range=255) < agreement - 20
+
+
+def test_zero_steps_is_an_error_not_the_default(tiny_pipeline):
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        tiny_pipeline.run(sem_like((32, 32)), sampler="ddim", steps=0, tile=32, overlap=8)

@@ -43,6 +43,21 @@ def _degradation(value: str | None):
     return parse(DegradationConfig, settings, "--degradation")
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum (a usage error, exit 2, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def _strength(text: str) -> float:
     from .pipeline import MAX_STRENGTH
 
@@ -63,10 +78,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--sampler", choices=SAMPLERS, help="default: the weights' recommended preset")
-    g.add_argument("--steps", type=int, help="network evaluations (default: the preset's)")
+    g.add_argument("--steps", type=_at_least(1), help="network evaluations (default: the preset's)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--samples", type=int, default=1, help="K > 1 adds the mean and per-pixel std of K seeds")
+    g.add_argument("--samples", type=_at_least(1), default=1, help="K > 1 adds the mean and per-pixel std of K seeds")
     g.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
                         "(default: the weights' preset)")
@@ -77,9 +92,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")
-    t.add_argument("--tile", type=int, default=64, help="low-res tile side, multiple of 4 (default 64)")
-    t.add_argument("--overlap", type=int, default=16, help="low-res overlap between tiles (default 16)")
-    t.add_argument("--batch-size", type=int, default=None,
+    t.add_argument("--tile", type=_at_least(16), default=64, help="low-res tile side, multiple of 4 (default 64)")
+    t.add_argument("--overlap", type=_at_least(0), default=16, help="low-res overlap between tiles (default 16)")
+    t.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="tiles per network call (default: 8 on a CUDA GPU, else 1)")
 
 

@@ -436,6 +436,15 @@ def write_tiff(
     )
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: setting it to read it is not thread-safe
+
+
 def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
     """`write(temporary_path)` beside `path`, then publish it under `path` in one step, so the file
     appears only once complete. An existing file is never replaced unless `overwrite` is true."""
@@ -445,6 +454,7 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None],
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a new file follows the umask
     try:
         write(tmp)
         if overwrite:

@@ -236,7 +236,10 @@ class Pipeline:
             raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if steps is None:
             steps = self.recommended["steps"] if sampler == self.recommended["sampler"] else None
-        steps = steps or default_steps(sampler, self.config.diffusion)
+        if steps is None:
+            steps = default_steps(sampler, self.config.diffusion)
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
         if tile % SCALE or tile < 16:
             raise ValueError(f"tile must be a multiple of {SCALE} and at least 16 px, got {tile}")
         if not 0 <= overlap < tile:
