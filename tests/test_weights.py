@@ -66,3 +66,24 @@ def test_corrupt_manifest(tiny_weights):
     (tiny_weights.folder / "weights.json").write_text("{}")
     with pytest.raises(WeightsError, match="invalid weights manifest"):
         resolve(tiny_weights.folder)
+
+
+def test_a_broken_weights_folder_is_named_in_errors_in_info_and_before_a_run(tiny_weights, tmp_path, monkeypatch,
+                                                                            capsys):
+    from napari_etdms.cli import main
+    from napari_etdms.weights import WeightsError, broken_folders, resolve
+
+    broken = tmp_path / "mine"
+    broken.mkdir()
+    (broken / "weights.json").write_text("{not json")
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tmp_path))
+    assert list(broken_folders()) == [broken]
+    with pytest.raises(WeightsError, match="mine.*invalid weights manifest"):
+        resolve("my-weights")
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "broken weights" in out and str(broken / "weights.json") in out
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(b"")
+    main(["infer", str(frame), "-o", str(tmp_path / "out"), "-w", str(tiny_weights.folder)])
+    assert "skipped a broken weights folder" in capsys.readouterr().err

@@ -214,11 +214,20 @@ def _output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     return {field: out_dir / f"{stem}_{suffix}.tif" for field, suffix in names.items()}
 
 
+def _load_pipeline(args):
+    """The chosen weights; weights folders that cannot be read are named, never skipped silently."""
+    from .pipeline import Pipeline
+    from .weights import broken_folders
+
+    for reason in broken_folders().values():
+        print(f"warning: skipped a broken weights folder: {reason}", file=sys.stderr)
+    return Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+
+
 def _infer_files(args, files: list[Path]) -> int:
     from .io import ReadError, read_frame, write_tiff
-    from .pipeline import Pipeline
 
-    pipeline = Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+    pipeline = _load_pipeline(args)
     inputs = {f.resolve() for f in files}
     failures = 0
     for path in files:
@@ -276,7 +285,7 @@ def cmd_info(_args) -> int:
     import torch
 
     from .pipeline import select_device, select_precision
-    from .weights import DEFAULT_WEIGHTS, available, search_path
+    from .weights import DEFAULT_WEIGHTS, scan, search_path
 
     device = select_device("auto")
     info = {
@@ -291,9 +300,11 @@ def cmd_info(_args) -> int:
     }
     for key, value in info.items():
         print(f"{key:>16}: {value}")
-    entries = available()
+    entries, broken = scan()
     print(f"{'weights':>16}: " + (", ".join(f"{n} [{e.short_hash}] ({e.folder})" for n, e in entries.items())
                                   or "NO TRAINED WEIGHTS INSTALLED"))
+    for reason in broken.values():
+        print(f"{'broken weights':>16}: {reason}")
     print(f"{'default weights':>16}: {DEFAULT_WEIGHTS}{'' if DEFAULT_WEIGHTS in entries else ' (missing)'}")
     print(f"{'search path':>16}: " + "; ".join(map(str, search_path())))
     return EXIT_OK
@@ -358,7 +369,6 @@ def cmd_eval(args) -> int:
     from .evaluation import DEGRADATION_KINDS, parse_doses, run_evaluation, split_held_out_sources
     from .frames import validation_frames
     from .io import iter_image_files
-    from .pipeline import Pipeline
 
     if args.frames_dir and not args.split:
         print("--frames-dir locates a split's frames: give --split too", file=sys.stderr)
@@ -381,7 +391,7 @@ def cmd_eval(args) -> int:
         print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
         return EXIT_USAGE
     degradation = _degradation(args.degradation)
-    pipeline = Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+    pipeline = _load_pipeline(args)
     bar, update = _progress_bar("eval")
     try:
         run_evaluation(pipeline, files, args.output, args.seed, args.crop or None, degradation,

@@ -85,9 +85,11 @@ def read_entry(folder: Path) -> WeightsEntry:
         raise WeightsError(f"{manifest}: invalid weights manifest ({err})") from None
 
 
-def available() -> dict[str, WeightsEntry]:
-    """Every named weights folder found on the search path (the first of a name wins)."""
+def scan() -> tuple[dict[str, WeightsEntry], dict[Path, str]]:
+    """The search path's weights folders: the readable ones by name (the first of a name
+    wins), and the broken ones (a weights.json that cannot be read) with the reason."""
     found: dict[str, WeightsEntry] = {}
+    broken: dict[Path, str] = {}
     for root in search_path():
         if not root.is_dir():
             continue
@@ -96,10 +98,21 @@ def available() -> dict[str, WeightsEntry]:
             if (folder / MANIFEST).is_file():
                 try:
                     entry = read_entry(folder)
-                except WeightsError:
+                except WeightsError as err:
+                    broken[folder] = str(err)
                     continue
                 found.setdefault(entry.name, entry)
-    return found
+    return found, broken
+
+
+def available() -> dict[str, WeightsEntry]:
+    """Every named weights folder found on the search path (the first of a name wins)."""
+    return scan()[0]
+
+
+def broken_folders() -> dict[Path, str]:
+    """Weights folders on the search path whose weights.json cannot be read, with the reason."""
+    return scan()[1]
 
 
 def resolve(name_or_path: str | os.PathLike | None = None) -> WeightsEntry:
@@ -110,12 +123,13 @@ def resolve(name_or_path: str | os.PathLike | None = None) -> WeightsEntry:
         path = path.parent
     if path.is_dir():
         return read_entry(path)
-    entries = available()
+    entries, broken = scan()
     if str(name_or_path) in entries:
         return entries[str(name_or_path)]
     known = ", ".join(entries) or "none installed"
+    unreadable = "".join(f"; cannot read {reason}" for reason in broken.values())
     raise WeightsError(
-        f"weights '{name_or_path}' not found (known: {known}). Give a weights folder, or set "
+        f"weights '{name_or_path}' not found (known: {known}{unreadable}). Give a weights folder, or set "
         f"{ENV_VAR} to a folder of weights; trained weights ship with the package."
     )
 
