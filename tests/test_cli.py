@@ -80,7 +80,7 @@ def test_batch_continues_after_a_bad_file_and_never_overwrites(tiny_weights, tmp
     assert (out / "good_denoised.tif").is_file()
     before = (out / "good_denoised.tif").read_bytes()
     assert main(args) == 1  # second run: outputs exist, refused
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert "exists already; --overwrite replaces" in capsys.readouterr().err
     assert (out / "good_denoised.tif").read_bytes() == before
     assert main(args + ["--overwrite"]) == 1  # only the broken file fails now
     assert "good.tif: error" not in capsys.readouterr().err
@@ -111,3 +111,55 @@ def test_data_consistency_flag_defaults_to_the_preset(flag, expected):
 
     args = build_parser().parse_args(["infer", "-o", "out", *flag])
     assert _run_options(args)["data_consistency"] is expected
+
+
+def test_an_existing_output_refuses_the_whole_set_before_compute(tiny_weights, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_etdms_x4.tif").write_bytes(b"a colleague's file")
+    assert main(["infer", str(tmp_path / "a.tif"), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_etdms_x4.tif"]  # no new output mixed with the old
+    assert "a_etdms_x4.tif exists already" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_the_set_and_stale_temporaries_are_cleared(tiny_weights, tmp_path):
+    import os
+
+    tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_denoised.tif").write_bytes(b"old")
+    stale = out / ".a_denoised.tif.k1ll3d.part"  # what a killed write leaves
+    stale.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    fresh = out / ".a_etdms_x4.tif.wr1t1ng.part"  # another process writing now: left alone
+    fresh.write_bytes(b"half")
+    args = ["infer", str(tmp_path / "a.tif"), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK, "--overwrite"]
+    assert main(args) == 0
+    assert tifffile.imread(out / "a_denoised.tif").shape == (32, 32)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_an_unusable_output_folder_is_reported_before_compute(tiny_weights, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert main(["infer", str(tmp_path / "a.tif"), "-o", str(tmp_path / "taken" / "out"),
+                 "-w", str(tiny_weights.folder), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write outputs there" in err and "a.tif" not in err  # no file was started
+
+
+def test_rerun_into_the_input_folder_skips_its_own_outputs_and_logs_one_line_per_file(tiny_weights, tmp_path,
+                                                                                      capsys):
+    tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
+    args = ["infer", str(tmp_path), "-o", str(tmp_path), "-w", str(tiny_weights.folder), *QUICK, "--overwrite"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert main(args) == 0  # its outputs are in the folder now, and are not inputs
+    second = capsys.readouterr()
+    assert second.out.count("done in") == 1 and "a.tif: done" in second.out
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == [
+        "a.tif", "a_bicubic_x4.tif", "a_denoised.tif", "a_denoised_bicubic_x4.tif", "a_etdms_x4.tif"]
+    # not a terminal (pytest captures it): no progress bar redraws, one line per file
+    assert first.err.strip() == "" and first.out.count("\n") == 1

@@ -63,3 +63,19 @@ def test_written_files_follow_the_umask_like_any_new_file(tmp_path):
 
     path = write_file_atomically(tmp_path / "out.txt", lambda tmp: Path(tmp).write_text("x"))
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~_UMASK  # mkstemp alone gives 0600: colleagues could not read
+
+
+def test_a_set_of_files_is_written_all_or_nothing(tmp_path):
+    from napari_etdms.io import write_files_atomically
+
+    def fails(tmp):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_files_atomically({tmp_path / "a.txt": lambda tmp: Path(tmp).write_text("a"), tmp_path / "b.txt": fails})
+    assert list(tmp_path.iterdir()) == []  # neither file, no temporaries
+    (tmp_path / "b.txt").write_text("old")
+    with pytest.raises(FileExistsError):
+        write_files_atomically({tmp_path / "a.txt": lambda tmp: Path(tmp).write_text("a"),
+                                tmp_path / "b.txt": lambda tmp: Path(tmp).write_text("b")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"] and (tmp_path / "b.txt").read_text() == "old"

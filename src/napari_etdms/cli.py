@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress_bar(desc: str):
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="step", leave=False)
+    # piped to a log, a bar's redraws would be hundreds of lines: each file's result line is enough
+    bar = tqdm(total=0, desc=desc, unit="step", leave=False, disable=not sys.stderr.isatty())
 
     def update(done: int, total: int, stage: str) -> None:
         bar.total = total
@@ -201,17 +202,6 @@ def _progress_bar(desc: str):
         bar.update(done - bar.n)
 
     return bar, update
-
-
-def _output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    names = {
-        "denoised": "denoised",
-        "super_resolved": "etdms_x4",
-        "bicubic_input": "bicubic_x4",
-        "bicubic_denoised": "denoised_bicubic_x4",
-        "std": "std_x4",
-    }
-    return {field: out_dir / f"{stem}_{suffix}.tif" for field, suffix in names.items()}
 
 
 def _load_pipeline(args):
@@ -225,49 +215,45 @@ def _load_pipeline(args):
 
 
 def _infer_files(args, files: list[Path]) -> int:
-    from .io import ReadError, read_frame, write_tiff
+    from .batch import OutputFolderError, plan, write_outputs
+    from .io import ReadError, read_frame
 
+    try:
+        jobs = plan(files, args.output, args.overwrite)
+    except OutputFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     pipeline = _load_pipeline(args)
-    inputs = {f.resolve() for f in files}
     failures = 0
-    for path in files:
+    for job in jobs:
+        path = job.source
         try:
+            if job.problem:
+                raise ValueError(job.problem)
             frame = read_frame(path)
-            outputs = _output_paths(args.output, path.stem)
-            clash = [p for p in outputs.values() if p.resolve() in inputs]
-            if clash:
-                raise ValueError(f"output {clash[0]} would overwrite an input; choose another --output folder")
             bar, update = _progress_bar(path.name)
             try:
                 result = pipeline.run(frame.data, seed=args.seed, progress=update, **_run_options(args))
             finally:
                 bar.close()
             provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
-            for field, out in outputs.items():
-                data = getattr(result, field)
-                if data is None:
-                    continue
-                scale = 1 if field == "denoised" else 4
-                pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
-                if args.overwrite and out.exists():
-                    out.unlink()
-                write_tiff(out, data, pixel, provenance | {"layer": field})
+            write_outputs(job, result, frame.pixel_size_nm, provenance, args.overwrite)
             mapped = result.metadata["intensity_map"]
             print(f"{path}: done in {sum(result.metadata['timings'].values()):.1f} s -> {args.output} "
-                  f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})")
+                  f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})", flush=True)
         except (ReadError, ValueError, FileExistsError, MemoryError, OSError) as err:
             failures += 1
-            print(f"{path}: error: {err}", file=sys.stderr)
+            print(f"{path}: error: {err}", file=sys.stderr, flush=True)
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return EXIT_ERROR if failures else EXIT_OK
 
 
 def cmd_infer(args) -> int:
-    from .io import iter_image_files
+    from .batch import input_files
     from .samples import sample_paths
 
-    files = iter_image_files(args.inputs) if args.inputs else sample_paths()
+    files = input_files(args.inputs) if args.inputs else sample_paths()
     if not files:
         print("no TIFF or PNG files found in the given inputs", file=sys.stderr)
         return EXIT_ERROR

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,13 +376,15 @@ def detect_painted_databar(
     return height - bar_rows
 
 
-def iter_image_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (non-recursive) into a sorted list of image files."""
+def iter_image_files(inputs: list[str | os.PathLike], skip: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Expand files and folders (non-recursive) into a sorted list of image files; `skip`
+    leaves files of folders out (files named one by one are always kept)."""
     files: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                                and not (skip and skip(p))))
         else:
             files.append(item)
     return files
@@ -407,13 +411,20 @@ def write_tiff(
     uint8/uint16/int16/float32 data; other dtypes are written unchanged as tifffile TIFFs carrying the
     same 'unit' and 'Info' keys (ImageJ cannot hold them), both read back by `read_frame`/`read_provenance`.
     """
-    import tifffile
-
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists already; refusing to overwrite")
+    return write_file_atomically(path, tiff_writer(path, data, pixel_size_nm, provenance, axes), overwrite=overwrite)
+
+
+def tiff_writer(path: str | os.PathLike, data: np.ndarray, pixel_size_nm: float | None, provenance: dict,
+                axes: str | None = None) -> Callable[[str], None]:
+    """What `write_tiff` writes, as a function of the file to write it to (for
+    `write_files_atomically`); `path` only names the file in errors."""
+    import tifffile
+
     data = np.asarray(data)
     if axes is None:
         if data.ndim == 3 and data.shape[-1] in (3, 4) and data.dtype == np.uint8:
@@ -431,9 +442,7 @@ def write_tiff(
     imagej = data.dtype.char in _IMAGEJ_DTYPES
     if axes not in ("YX", "YXS"):
         metadata["axes"] = axes
-    return write_file_atomically(
-        path, lambda tmp: tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, **kwargs), overwrite=overwrite
-    )
+    return lambda tmp: tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, **kwargs)
 
 
 def _current_umask() -> int:
@@ -448,23 +457,75 @@ _UMASK = _current_umask()  # read once: setting it to read it is not thread-safe
 def write_file_atomically(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
     """`write(temporary_path)` beside `path`, then publish it under `path` in one step, so the file
     appears only once complete. An existing file is never replaced unless `overwrite` is true."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists already; refusing to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a new file follows the umask
+    return write_files_atomically({path: write}, overwrite=overwrite)[0]
+
+
+TEMPORARY_SUFFIX = ".part"
+
+
+def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]], *,
+                           overwrite: bool = False) -> list[Path]:
+    """A set of files, all or nothing: each `write(temporary_path)` runs on a hidden temporary
+    beside its file; only when every one is complete are they published, each in one step.
+    Without `overwrite`, an existing file refuses the whole set before anything is written,
+    and a failure while publishing removes the files this set had published. With it, each
+    file is swapped in by one `os.replace` (readers see the old or the new file, never a
+    partial one). New files follow the umask."""
+    paths = [Path(p) for p in writes]
+    if not overwrite:
+        for path in paths:
+            if path.exists():
+                raise FileExistsError(f"{path}: exists already; refusing to overwrite")
+    temporaries: dict[Path, str] = {}
+    published: list[Path] = []
     try:
-        write(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
+        for path, write in zip(paths, writes.values()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a new file follows the umask
+            temporaries[path] = tmp
+            write(tmp)
+        for path, tmp in temporaries.items():
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
+            published.append(path)
+    except BaseException:
+        if not overwrite:
+            for path in published:
+                path.unlink(missing_ok=True)
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        for tmp in temporaries.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return paths
+
+
+def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = 600.0) -> list[Path]:
+    """Remove the temporaries that `write_files_atomically` left beside `path` when its process
+    was killed mid-write (older than `older_than_s`: a write in progress is left alone)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}")
+             if p.is_file() and p.stat().st_mtime < cutoff]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def is_our_output(path: str | os.PathLike) -> bool:
+    """A file this package wrote (its provenance names napari-etdms): never taken as an input
+    by a batch, so a rerun into the input folder does not process its own outputs."""
+    try:
+        software = read_provenance(path)["provenance"].get("software", "")
+    except Exception:  # not a TIFF, unreadable: the reader reports it when it is processed
+        return False
+    return str(software).startswith("napari-etdms")
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
