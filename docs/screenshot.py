@@ -3,8 +3,9 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshot.py docs/screenshot.png
 
 Opens the superalloy sample, runs the shipped weights on a 96x96 px region (a rectangle
-in a Shapes layer, as a CPU user would preview), and shows the ETDMS x4 result overlaid
-exactly on the input inside that rectangle (bicubic and denoised layers listed, hidden).
+in a Shapes layer, as a CPU user would preview), and presses Compare: the input, denoised,
+ETDMS x4 and bicubic x4 side by side in napari's grid, zoomed onto the region with one
+linked camera.
 """
 
 import sys
@@ -30,13 +31,10 @@ def main(out: str) -> None:
         QApplication.processEvents()
         time.sleep(0.05)
     QApplication.processEvents()
-    name = sample.name
-    for layer in viewer.layers:  # show the input with the ETDMS x4 result overlaid in the region
-        layer.visible = layer.name in (name, f"{name} ETDMS x4", "region")
-    viewer.layers.move(viewer.layers.index("region"), len(viewer.layers))
-    viewer.layers.selection.active = viewer.layers[f"{name} ETDMS x4"]
+    widget.compare_button.clicked()
+    viewer.layers.selection.active = viewer.layers[f"{sample.name} ETDMS x4"]
     viewer.scene.camera.center = (256, 256)
-    viewer.scene.camera.zoom = 4.5
+    viewer.scene.camera.zoom = 2.2
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
