@@ -163,3 +163,22 @@ def test_rerun_into_the_input_folder_skips_its_own_outputs_and_logs_one_line_per
         "a.tif", "a_bicubic_x4.tif", "a_denoised.tif", "a_denoised_bicubic_x4.tif", "a_etdms_x4.tif"]
     # not a terminal (pytest captures it): no progress bar redraws, one line per file
     assert first.err.strip() == "" and first.out.count("\n") == 1
+
+
+def test_a_huge_header_is_refused_before_decoding(tiny_weights, tmp_path, capsys):
+    # the header declares 100000 x 100000 px, the file holds a few kB: decoding would need 10 GB
+    bomb = tmp_path / "bomb.tif"
+    tifffile.imwrite(bomb, np.zeros((64, 64), np.uint8), compression="zlib")
+    with tifffile.TiffFile(bomb, mode="r+b") as tif:
+        for tag in ("ImageWidth", "ImageLength"):
+            tif.pages[0].tags[tag].overwrite(100_000)
+    tifffile.imwrite(tmp_path / "small.tif", sem_like((64, 64), np.uint8))
+    out = tmp_path / "out"
+    args = ["infer", str(bomb), str(tmp_path / "small.tif"), "-o", str(out), "-w", str(tiny_weights.folder), *QUICK]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "100000 x 100000 = 10,000,000,000 pixels, more than the limit of 1,073,741,824" in err
+    assert (out / "small_etdms_x4.tif").is_file()  # the batch went on
+    assert main(args[:2] + ["-o", str(tmp_path / "o2"), "-w", str(tiny_weights.folder), *QUICK,
+                            "--max-pixels", "4000"]) == 1
+    assert "more than the limit of 4,000" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .io import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -114,12 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("inputs", nargs="*", metavar="INPUT", help="TIFF (8/16-bit) or PNG files, or folders")
     infer.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
     infer.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never touched)")
+    infer.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
+                       help="refuse frames whose file header declares more pixels, before decoding "
+                            f"(default {DEFAULT_MAX_PIXELS:,}: 32768 x 32768)")
     _add_run_options(infer)
 
     demo = sub.add_parser("demo", help="run the shipped model on the bundled sample frame(s)")
     demo.add_argument("-o", "--output", type=Path, default=Path("etdms-demo"), help="output folder")
     demo.add_argument("--all", action="store_true", help="also process the larger 1024x1024 sample")
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    demo.set_defaults(max_pixels=DEFAULT_MAX_PIXELS)
     _add_run_options(demo)
 
     sub.add_parser("info", help="versions, devices and installed weights")
@@ -230,7 +235,7 @@ def _infer_files(args, files: list[Path]) -> int:
         try:
             if job.problem:
                 raise ValueError(job.problem)
-            frame = read_frame(path)
+            frame = read_frame(path, args.max_pixels)
             bar, update = _progress_bar(path.name)
             try:
                 result = pipeline.run(frame.data, seed=args.seed, progress=update, **_run_options(args))

@@ -118,7 +118,12 @@ def _keep(value) -> bool:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def read_frame(path: str | os.PathLike) -> Frame:
+# Pixels a frame may have, checked from the file's header before anything is decoded: a
+# compressed TIFF of a few MB can declare 100000 x 100000 px. 2**30 is a 32768 x 32768 montage.
+DEFAULT_MAX_PIXELS = 2**30
+
+
+def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """Read one SEM frame (TIFF or PNG).
 
     The pixel size comes from FEI/Thermo, Zeiss SmartSEM, Tescan, OME or ImageJ metadata (in that order;
@@ -126,7 +131,8 @@ def read_frame(path: str | os.PathLike) -> Frame:
     FEI/Thermo databars (rows below `Image/ResolutionY`) and painted Zeiss/Tescan databars are split off
     and kept in `databar`, so `vstack(data, databar)` is the stored page. Multi-page TIFFs give 3D `data`
     (pages, y, x) with no databar split; RGB(A) frames give (y, x, samples). `metadata['axes']` holds the
-    tifffile axes ('YX', 'YXS', 'ZYX', 'TYX', 'QYX', ...).
+    tifffile axes ('YX', 'YXS', 'ZYX', 'TYX', 'QYX', ...). A file whose header declares more than
+    `max_pixels` pixels is refused before decoding.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,11 +140,12 @@ def read_frame(path: str | os.PathLike) -> Frame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            return _read_tiff(path)
+            return _read_tiff(path, max_pixels)
         if suffix == ".png":
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_pixel_count(path, (im.height, im.width), max_pixels)
                 data = np.asarray(im)
             return Frame(data=data, path=path, metadata={"axes": "YX" if data.ndim == 2 else "YXS"})
     except ReadError:
@@ -150,11 +157,20 @@ def read_frame(path: str | os.PathLike) -> Frame:
     raise ReadError(f"{path}: unsupported file type '{suffix}' (use TIFF or PNG)")
 
 
-def _read_tiff(path: Path) -> Frame:
+def _check_pixel_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+    count = math.prod(int(n) for n in shape)
+    if count > max_pixels:
+        size = " x ".join(str(int(n)) for n in shape)
+        raise ReadError(f"{path}: its header declares {size} = {count:,} pixels, more than the limit of "
+                        f"{max_pixels:,}; nothing was decoded (raise the limit, e.g. --max-pixels, if it is real)")
+
+
+def _read_tiff(path: Path, max_pixels: int) -> Frame:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_pixel_count(path, series.shape, max_pixels)
         axes = series.axes
         data = tif.asarray()
         if data.ndim != len(axes):  # squeezed/odd series: fall back to a generic label
