@@ -8,7 +8,9 @@ ETDMS x4 and bicubic x4 side by side in napari's grid, zoomed onto the region wi
 linked camera.
 """
 
+import os
 import sys
+import tempfile
 import time
 
 import napari
@@ -16,6 +18,8 @@ from qtpy.QtWidgets import QApplication
 
 
 def main(out: str) -> None:
+    # the widget's defaults, not settings persisted by earlier sessions on this machine
+    os.environ["NAPARI_ETDMS_CONFIG_DIR"] = tempfile.mkdtemp()
     viewer = napari.Viewer(show=True, title="napari-etdms")
     viewer.window._qt_window.resize(1600, 1000)
     viewer.open_sample("napari-etdms", "superalloy")
