@@ -9,6 +9,7 @@ import tifffile
 from napari_etdms.io import (
     ReadError,
     detect_painted_databar,
+    detect_zeiss_databar,
     parse_tescan_metadata,
     read_frame,
     read_provenance,
@@ -41,6 +42,20 @@ def scan_with_painted_bar(height=200, width=256, bar_rows=16, seed=0):
     image[-bar_rows:] = 0
     image[-bar_rows + 3 : -3, 10:20] = 255  # a glyph: 10 of 256 pixels per row, bar rows stay > 90 % extreme
     image[-bar_rows + 5, 40:45] = 128  # an anti-aliased edge
+    return image
+
+
+def scan_with_zeiss_bar(height=200, width=256, bar_rows=40, seed=0, content=None):
+    """A scan with SmartSEM's data zone painted over its bottom rows: a black line, a white
+    panel with black text, a black strip with white text."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(20, 231, size=(height, width), dtype=np.uint8) if content is None else content.copy()
+    top = height - bar_rows
+    image[top] = 0
+    image[top + 1 : top + bar_rows // 2] = 255
+    image[top + 6 : top + 12, 30:90:3] = 0  # text on the panel
+    image[top + bar_rows // 2 :] = 0
+    image[top + bar_rows // 2 + 4 : -4, 150:200:4] = 255  # text on the strip
     return image
 
 
@@ -134,7 +149,7 @@ def test_fei_scale_from_metadata_and_databar_as_hidden_layer_below(name, pixel_n
 
 
 def test_zeiss_pixel_size_and_painted_databar(tmp_path):
-    image = scan_with_painted_bar()
+    image = scan_with_zeiss_bar(bar_rows=16)
     path = tmp_path / "zeiss.tif"
     tifffile.imwrite(path, image, extratags=[zeiss_tag()])
     named = by_name(read_sem(str(path)))
@@ -149,6 +164,43 @@ def test_zeiss_pixel_size_and_painted_databar(tmp_path):
     assert meta["databar_source"].startswith("painted Zeiss databar")
     assert bar_kwargs["translate"] == pytest.approx((184 * 2.6, 0.0))
     napari_layer((scan, kwargs, "image"))
+
+
+@pytest.mark.parametrize("name, scan_rows, pixel_nm", [("zeiss_auriga_inlens_UB19_14_databar.tif", 676, 385.3),
+                                                       ("zeiss_auriga_WF69_18_databar.tif", 676, 111.6),
+                                                       ("zeiss_ultra55_bsd_rgb_databar.tif", 691, 223.3)])
+def test_real_zeiss_files_lose_their_databar(name, scan_rows, pixel_nm):
+    """SmartSEM files of two instruments (the InLens frame's rows above the bar are black)."""
+    whole = tifffile.imread(DATA / name)
+    frame = read_frame(DATA / name)
+    assert frame.data.shape[0] == scan_rows and frame.pixel_size_nm == pytest.approx(pixel_nm)
+    assert np.array_equal(np.concatenate([frame.data, frame.databar]), whole)  # nothing lost
+
+
+@pytest.mark.parametrize("content", ["black", "white", "black bottom", "no bar"])
+def test_zeiss_frames_without_a_databar_are_not_split(content, tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.integers(20, 231, size=(200, 256), dtype=np.uint8)
+    if content == "black":  # a cavity: nearly every pixel at the minimum
+        image[:] = 0
+        image[50:60, 50:60] = 255
+    elif content == "white":  # charging: saturated
+        image[:] = 255
+        image[50:60, 50:60] = 0
+    elif content == "black bottom":  # a dark region along the bottom, with white specks
+        image[150:] = 0
+        image[170:200:7, ::5] = 255
+    path = tmp_path / "zeiss.tif"
+    tifffile.imwrite(path, image, extratags=[zeiss_tag()])
+    frame = read_frame(path)
+    assert frame.databar is None and np.array_equal(frame.data, image)
+
+
+def test_a_zeiss_bar_under_black_content_is_found():
+    content = np.random.default_rng(2).integers(20, 231, size=(200, 256), dtype=np.uint8)
+    content[120:] = 0  # the scan's bottom is black right down to the bar's black line
+    image = scan_with_zeiss_bar(bar_rows=40, content=content)
+    assert detect_zeiss_databar(image) == 160
 
 
 def test_zeiss_fallback_to_unnamed_value_and_micrometre_units(tmp_path):

@@ -185,9 +185,12 @@ def _read_tiff(path: Path, max_pixels: int) -> Frame:
         if vendor == "FEI":
             scan_rows = fei_scan_rows(metadata.get("fei"), data.shape[0])
             source = "FEI Image/ResolutionY"
-        elif vendor in ("Zeiss", "Tescan"):
+        elif vendor == "Zeiss":
+            scan_rows = detect_zeiss_databar(data)
+            source = "painted Zeiss databar (black line over a white panel)"
+        elif vendor == "Tescan":
             scan_rows = detect_painted_databar(data)
-            source = f"painted {vendor} databar (uniform bottom rows)"
+            source = "painted Tescan databar (uniform bottom rows)"
         data, bar = split_databar(data, scan_rows)
         if bar is not None:
             metadata["databar_source"] = source
@@ -363,6 +366,41 @@ def _resolution_pixel_size_nm(tif, unit) -> float | None:
 def _imagej_pixel_size_nm(tif) -> float | None:
     """Pixel size from an ImageJ TIFF's XResolution (pixels per unit) and unit."""
     return _resolution_pixel_size_nm(tif, (tif.imagej_metadata or {}).get("unit"))
+
+
+def _grey_rows(image: np.ndarray) -> np.ndarray | None:
+    """A 2D frame, or an RGB(A) frame as grey (its first channel), else None."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return image[..., 0]
+    return image if image.ndim == 2 else None
+
+
+# the white panel's top rows carry no text yet: this many of them, all white
+ZEISS_PANEL_ROWS = 3
+
+
+def detect_zeiss_databar(image: np.ndarray, max_fraction: float = 1 / 3, full: float = 0.97) -> int | None:
+    """Scan rows above the data zone that Zeiss SmartSEM paints over the bottom of its frames,
+    or None. The zone starts with a one-row black line directly over a white panel (text,
+    then a strip with the scale bar and the logo, follow); its height depends on the
+    instrument. It is found by that edge alone, the first black row (`full` of its pixels at
+    the frame's minimum) followed by ZEISS_PANEL_ROWS rows at its maximum, in the bottom
+    `max_fraction` of the frame: frames whose content is mostly black or white (a cavity,
+    charging) have no such edge and are not split. Tested on three instruments' files
+    (`shared/data/raw-vendor`, bars of 77 and 92 rows)."""
+    grey = _grey_rows(image)
+    if grey is None or grey.shape[0] < 8:
+        return None
+    lo, hi = grey.min(), grey.max()
+    if not lo < hi:
+        return None
+    black = (grey == lo).mean(axis=1) >= full
+    white = (grey == hi).mean(axis=1) >= full
+    height = grey.shape[0]
+    for row in range(math.ceil(height * (1 - max_fraction)), height - ZEISS_PANEL_ROWS):
+        if black[row] and white[row + 1 : row + 1 + ZEISS_PANEL_ROWS].all():
+            return row
+    return None
 
 
 def detect_painted_databar(
