@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import time
 from collections.abc import Callable
@@ -42,6 +43,16 @@ DENOISE_MIN_TILE = 128
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
 MAX_STRENGTH = 4.0
+
+
+def release_freed_memory() -> None:
+    """Hand what stage 1 freed back to the system before stage 2: glibc keeps freed blocks in
+    its arenas, and stage 2's peak then builds on them. A no-op where glibc's malloc_trim is
+    missing (macOS, Windows, musl)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
@@ -306,6 +317,7 @@ class Pipeline:
             timings["denoise_s"] = round(time.perf_counter() - started, 3)
             result.denoised = self._crop(cond, mapping, height, width, 1)
             result.bicubic_denoised = self._crop(upsample_condition(cond), mapping, height, width, SCALE)
+            release_freed_memory()
 
         if super_resolve:
             stage_name = "super-resolve"
