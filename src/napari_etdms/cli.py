@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .io import DEFAULT_MAX_PIXELS
+from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -60,8 +61,6 @@ def _at_least(minimum: int):
 
 
 def _strength(text: str) -> float:
-    from .pipeline import MAX_STRENGTH
-
     try:
         value = float(text)
     except ValueError:
@@ -80,21 +79,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--sampler", choices=SAMPLERS, help="default: the weights' recommended preset")
     g.add_argument("--steps", type=_at_least(1), help="network evaluations (default: the preset's)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--samples", type=_at_least(1), default=1, help="K > 1 adds the mean and per-pixel std of K seeds")
+    g.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity (0 = deterministic)")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    g.add_argument("--samples", type=_at_least(1), default=DEFAULTS.samples,
+                   help="K > 1 adds the mean and per-pixel std of K seeds")
     g.add_argument("--consistency", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
                         "(default: the weights' preset)")
-    g.add_argument("--strength", type=_strength, default=1.0,
+    g.add_argument("--strength", type=_strength, default=DEFAULTS.strength,
                    help="denoising strength for noise-aware weights: the noise level the denoiser is told, "
                    "relative to the level estimated from the frame (1, default: as estimated; 0: no denoising; "
                    "up to 4: smoother)")
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")
-    t.add_argument("--tile", type=_at_least(16), default=64, help="low-res tile side, multiple of 4 (default 64)")
-    t.add_argument("--overlap", type=_at_least(0), default=16, help="low-res overlap between tiles (default 16)")
+    t.add_argument("--tile", type=_at_least(MIN_TILE), default=DEFAULTS.tile,
+                   help=f"low-res tile side, multiple of 4 (default {DEFAULTS.tile})")
+    t.add_argument("--overlap", type=_at_least(0), default=DEFAULTS.overlap,
+                   help=f"low-res overlap between tiles (default {DEFAULTS.overlap})")
     t.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="tiles per network call (default: 8 on a CUDA GPU, else 1)")
 

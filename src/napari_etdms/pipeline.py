@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from . import __version__
 from .config import ModelConfig, model_config
 from .denoise import apply_denoiser
-from .diffusion import DEFAULT_PRESET, SAMPLERS, default_steps, make_sampler
+from .diffusion import DEFAULT_PRESET, default_steps, make_sampler
 from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import consistency_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
 from .noise import NoiseModel, frame_noise
+from .settings import DEFAULTS, RunSettings
 from .tiling import Cancelled, TileGrid, blend_tiles
 from .weights import WeightsEntry, load_state, resolve
 
@@ -42,7 +43,6 @@ DENOISE_CONTEXT = 16
 DENOISE_MIN_TILE = 128
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
-MAX_STRENGTH = 4.0
 
 
 def release_freed_memory() -> None:
@@ -212,18 +212,18 @@ class Pipeline:
     def run(
         self,
         image,
-        denoise: bool = True,
-        super_resolve: bool = True,
-        sampler: str | None = None,
-        steps: int | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-        tile: int = 64,
-        overlap: int = 16,
-        batch_size: int | None = None,
-        samples: int = 1,
-        data_consistency: bool | None = None,
-        strength: float = 1.0,
+        denoise: bool = DEFAULTS.denoise,
+        super_resolve: bool = DEFAULTS.super_resolve,
+        sampler: str | None = DEFAULTS.sampler,
+        steps: int | None = DEFAULTS.steps,
+        eta: float = DEFAULTS.eta,
+        seed: int = DEFAULTS.seed,
+        tile: int = DEFAULTS.tile,
+        overlap: int = DEFAULTS.overlap,
+        batch_size: int | None = DEFAULTS.batch_size,
+        samples: int = DEFAULTS.samples,
+        data_consistency: bool | None = DEFAULTS.data_consistency,
+        strength: float = DEFAULTS.strength,
         noise: NoiseModel | None = None,
         progress: ProgressCallback | None = None,
         cancel=None,
@@ -238,27 +238,18 @@ class Pipeline:
         (denoised) low-res input: generated detail may add texture but cannot change the
         input's resolution scale. None takes the weights' preset (on unless it says otherwise).
         """
+        RunSettings(denoise=denoise, super_resolve=super_resolve, sampler=sampler, steps=steps, eta=eta, seed=seed,
+                    samples=samples, data_consistency=data_consistency, strength=strength, tile=tile, overlap=overlap,
+                    batch_size=batch_size)  # raises ValueError naming the setting
         frame = prepare_frame(image)
         batch_size = self.auto_batch_size if batch_size is None else batch_size
         if data_consistency is None:
             data_consistency = self.recommended["data_consistency"]
         sampler = sampler or self.recommended["sampler"]
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if steps is None:
             steps = self.recommended["steps"] if sampler == self.recommended["sampler"] else None
         if steps is None:
             steps = default_steps(sampler, self.config.diffusion)
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if tile % SCALE or tile < 16:
-            raise ValueError(f"tile must be a multiple of {SCALE} and at least 16 px, got {tile}")
-        if not 0 <= overlap < tile:
-            raise ValueError(f"overlap must be in [0, tile), got {overlap}")
-        if samples < 1 or batch_size < 1:
-            raise ValueError("samples and batch_size must be at least 1")
-        if not 0 <= strength <= MAX_STRENGTH:
-            raise ValueError(f"strength must be in [0, {MAX_STRENGTH}], got {strength}")
         if denoise and self.denoiser is None:
             raise ValueError("these weights have no denoiser (stage 1); run with denoise=False")
         if super_resolve and self.clsr is None:

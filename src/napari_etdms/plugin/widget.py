@@ -31,7 +31,8 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from .. import __version__
 from ..diffusion import DEFAULT_PRESET, SAMPLERS
-from ..pipeline import MAX_STRENGTH, Result
+from ..pipeline import Result
+from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE
 from ..weights import DEFAULT_WEIGHTS, available
 from .geometry import pyramid_levels, region_geometry, upscaled_geometry
 from .worker import Job, run_job
@@ -91,13 +92,13 @@ class ETDMSWidget(QWidget):
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.slices = ComboBox(label="3D stack", choices=SLICES, value=SLICES[0], visible=False)
-        self.denoise = CheckBox(label="denoise (stage 1)", value=True)
+        self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
         self.strength = FloatSlider(
-            label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=1.0,
+            label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=DEFAULTS.strength,
             tooltip="noise level the denoiser is told, relative to the level estimated from the frame: "
                     "1 = as estimated, 0 = no denoising, higher = smoother (noise-aware weights only)")
         self.noise_info = Label(value="")
-        self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=True)
+        self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=DEFAULTS.super_resolve)
         self.weights = ComboBox(label="weights", choices=self._weights_choices)
         if DEFAULT_WEIGHTS in self.weights.choices:  # else the first installed
             self.weights.value = DEFAULT_WEIGHTS
@@ -108,8 +109,8 @@ class ETDMSWidget(QWidget):
         self.device_info = Label(value=f"detected: {auto} (torch {torch.__version__})")
         self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="dpmpp")
         self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
-        self.samples = SpinBox(label="samples", min=1, max=64, value=1,
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
+        self.samples = SpinBox(label="samples", min=1, max=64, value=DEFAULTS.samples,
                                tooltip="more than 1 adds the mean and a per-pixel uncertainty (std) layer")
         self.data_consistency = CheckBox(
             label="data consistency", value=True,
@@ -118,8 +119,8 @@ class ETDMSWidget(QWidget):
         self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
         self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True, visible=False)
         self.advanced = CheckBox(label="advanced settings", value=False)
-        self.tile = SpinBox(label="tile (px)", min=16, max=512, step=4, value=64, visible=False)
-        self.overlap = SpinBox(label="overlap (px)", min=0, max=256, value=16, visible=False)
+        self.tile = SpinBox(label="tile (px)", min=MIN_TILE, max=512, step=4, value=DEFAULTS.tile, visible=False)
+        self.overlap = SpinBox(label="overlap (px)", min=0, max=256, value=DEFAULTS.overlap, visible=False)
         self.batch_size = SpinBox(label="tiles per batch (0: auto)", min=0, max=64, value=0, visible=False,
                                   tooltip="0: 8 on a CUDA GPU, else 1")
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
