@@ -288,3 +288,18 @@ def test_stage1_is_seam_free_on_a_real_zeiss_frame_at_any_tile_size():
 def test_zero_steps_is_an_error_not_the_default(tiny_pipeline):
     with pytest.raises(ValueError, match="steps must be at least 1"):
         tiny_pipeline.run(sem_like((32, 32)), sampler="ddim", steps=0, tile=32, overlap=8)
+
+
+def test_plan_decides_the_run_before_any_compute(tiny_pipeline):
+    from napari_etdms.settings import RunSettings
+
+    plan = tiny_pipeline.plan(sem_like((48, 48)), RunSettings(sampler="ddim", steps=3, tile=32, overlap=8))
+    assert plan.settings.batch_size == tiny_pipeline.auto_batch_size
+    assert plan.settings.data_consistency == tiny_pipeline.recommended["data_consistency"]
+    assert len(plan.grid.origins) == 4 and plan.total_batches == 1 + 3 * 4
+    preset = tiny_pipeline.plan(sem_like((48, 48)), RunSettings())  # the weights' sampler and steps
+    assert (preset.settings.sampler, preset.settings.steps) == (tiny_pipeline.recommended["sampler"],
+                                                                tiny_pipeline.recommended["steps"])
+    with pytest.raises(ValueError, match="no CLSR"):
+        Pipeline(tiny_pipeline.config, denoiser=tiny_pipeline.denoiser, clsr=None).plan(sem_like((48, 48)),
+                                                                                         RunSettings())

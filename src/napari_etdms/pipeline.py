@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -131,6 +132,32 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A run decided before any compute (`Pipeline.plan`)."""
+
+    settings: RunSettings  # with the weights' preset and the device's batch size filled in
+    frame: np.ndarray  # the 2D frame as the models take it
+    grid: TileGrid  # stage 2's tiles, over the frame padded to stage 1's window
+    denoise_grid: TileGrid  # stage 1's tiles (at least DENOISE_MIN_TILE, with context)
+    total_batches: int  # tile batches of both stages: the progress total
+
+
+class _Ticker:
+    """Counts tile batches for the progress callback and stops the run when cancelled."""
+
+    def __init__(self, total: int, progress: ProgressCallback | None, cancel):
+        self.total, self.progress, self.cancel = total, progress, cancel
+        self.done, self.stage = 0, ""
+
+    def tick(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, self.stage)
+
+
 @dataclass
 class Result:
     """Outputs in the input's intensity scale (float32); x4 outputs are 4H x 4W."""
@@ -237,32 +264,81 @@ class Pipeline:
         `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
         (denoised) low-res input: generated detail may add texture but cannot change the
         input's resolution scale. None takes the weights' preset (on unless it says otherwise).
+
+        In four steps: `plan` (everything checked before any compute), stage 1, stage 2, and
+        `describe` (the provenance in `Result.metadata`).
         """
-        RunSettings(denoise=denoise, super_resolve=super_resolve, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                    samples=samples, data_consistency=data_consistency, strength=strength, tile=tile, overlap=overlap,
-                    batch_size=batch_size)  # raises ValueError naming the setting
+        settings = RunSettings(denoise=denoise, super_resolve=super_resolve, sampler=sampler, steps=steps, eta=eta,
+                               seed=seed, samples=samples, data_consistency=data_consistency, strength=strength,
+                               tile=tile, overlap=overlap, batch_size=batch_size)
+        plan = self.plan(image, settings)
+        ticker = _Ticker(plan.total_batches, progress, cancel)
+        frame, settings = plan.frame, plan.settings
+        height, width = frame.shape
+        mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+        timings = {}
+        noise_source = "given"
+        if noise is None:
+            started = time.perf_counter()
+            noise, noise_source = frame_noise(frame)
+            timings["noise_estimate_s"] = round(time.perf_counter() - started, 3)
+        padded_h, padded_w = plan.grid.height, plan.grid.width
+        normalised = np.pad(mapping.forward(frame), ((0, padded_h - height), (0, padded_w - width)), mode="symmetric")
+        low_res = torch.from_numpy(normalised)[None, None]
+        result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE),
+                        noise=noise)
+
+        cond = low_res
+        if settings.denoise:
+            ticker.stage = "denoise"
+            started = time.perf_counter()
+            cond = self._denoise(low_res, noise.rescaled(mapping.low, mapping.high), settings.strength,
+                                 plan.denoise_grid, settings.batch_size, ticker.tick)
+            timings["denoise_s"] = round(time.perf_counter() - started, 3)
+            result.denoised = self._crop(cond, mapping, height, width, 1)
+            result.bicubic_denoised = self._crop(upsample_condition(cond), mapping, height, width, SCALE)
+            release_freed_memory()
+
+        if settings.super_resolve:
+            ticker.stage = "super-resolve"
+            started = time.perf_counter()
+            draws = [self._super_resolve(cond, low_res, plan.grid, settings, settings.seed + k, ticker.tick)
+                     for k in range(settings.samples)]
+            timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
+            self._summarise_draws(result, torch.stack(draws), cond, mapping, height, width)
+
+        result.metadata = self.describe(plan, result, mapping, noise_source, timings)
+        return result
+
+    def plan(self, image, settings: RunSettings) -> RunPlan:
+        """Everything decided before any compute: the frame as the models take it, the
+        settings with the weights' preset and the device's batch filled in, both tile grids,
+        and the work in tile batches. Raises InputError / ValueError / MemoryError."""
         frame = prepare_frame(image)
-        batch_size = self.auto_batch_size if batch_size is None else batch_size
-        if data_consistency is None:
-            data_consistency = self.recommended["data_consistency"]
-        sampler = sampler or self.recommended["sampler"]
+        sampler = settings.sampler or self.recommended["sampler"]
+        steps = settings.steps
         if steps is None:
             steps = self.recommended["steps"] if sampler == self.recommended["sampler"] else None
         if steps is None:
             steps = default_steps(sampler, self.config.diffusion)
-        if denoise and self.denoiser is None:
+        consistency = settings.data_consistency
+        settings = dataclasses.replace(
+            settings, sampler=sampler, steps=steps,
+            batch_size=self.auto_batch_size if settings.batch_size is None else settings.batch_size,
+            data_consistency=self.recommended["data_consistency"] if consistency is None else consistency)
+        if settings.denoise and self.denoiser is None:
             raise ValueError("these weights have no denoiser (stage 1); run with denoise=False")
-        if super_resolve and self.clsr is None:
+        if settings.super_resolve and self.clsr is None:
             raise ValueError("these weights have no CLSR model (stage 2); run with super_resolve=False")
-        needed = estimate_memory_bytes(*frame.shape, super_resolve)
+        needed = estimate_memory_bytes(*frame.shape, settings.super_resolve)
         free = available_memory_bytes()
         if free is not None and needed > free:
             raise MemoryError(
                 f"a {frame.shape[0]}x{frame.shape[1]} frame needs about {needed / 2**30:.1f} GiB for x4 output but "
                 f"{free / 2**30:.1f} GiB is free: process a region, or denoise only"
             )
-
         height, width = frame.shape
+        tile, overlap = settings.tile, settings.overlap
         window = self.denoiser.window if self.denoiser is not None else SCALE
         window_tile = -(-tile // window) * window
         padded_h = max(window_tile, -(-height // window) * window)
@@ -272,89 +348,54 @@ class Pipeline:
         denoise_tile = min(max(window_tile, DENOISE_MIN_TILE // window * window), padded_h, padded_w)
         denoise_grid = TileGrid(padded_h, padded_w, denoise_tile, overlap, align=window,
                                 context=DENOISE_CONTEXT // window * window)
-        n_batches = -(-len(grid.origins) // batch_size)
-        sampling_steps = make_sampler(sampler, self.config.diffusion, steps).steps  # also validates steps
-        denoise_batches = -(-len(denoise_grid.origins) // batch_size)
-        total = (denoise_batches if denoise else 0) + (samples * sampling_steps * n_batches if super_resolve else 0)
-        done = 0
-        stage_name = ""
+        batches = lambda g: -(-len(g.origins) // settings.batch_size)  # noqa: E731
+        sampling_steps = make_sampler(settings.sampler, self.config.diffusion, settings.steps).steps
+        total = ((batches(denoise_grid) if settings.denoise else 0)
+                 + (settings.samples * sampling_steps * batches(grid) if settings.super_resolve else 0))
+        return RunPlan(settings, frame, grid, denoise_grid, total)
 
-        def tick():
-            nonlocal done
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("cancelled by the user")
-            done += 1
-            if progress is not None:
-                progress(done, total, stage_name)
-
-        mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
-        timings = {}
-        noise_source = "given"
-        if noise is None:
-            started = time.perf_counter()
-            noise, noise_source = frame_noise(frame)
-            timings["noise_estimate_s"] = round(time.perf_counter() - started, 3)
-        normalised = np.pad(mapping.forward(frame), ((0, padded_h - height), (0, padded_w - width)), mode="symmetric")
-        low_res = torch.from_numpy(normalised)[None, None]
-        result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE),
-                        noise=noise)
-
-        cond = low_res
-        if denoise:
-            stage_name = "denoise"
-            started = time.perf_counter()
-            cond = self._denoise(low_res, noise.rescaled(mapping.low, mapping.high), strength, denoise_grid,
-                                 batch_size, tick)
-            timings["denoise_s"] = round(time.perf_counter() - started, 3)
-            result.denoised = self._crop(cond, mapping, height, width, 1)
-            result.bicubic_denoised = self._crop(upsample_condition(cond), mapping, height, width, SCALE)
-            release_freed_memory()
-
-        if super_resolve:
-            stage_name = "super-resolve"
-            started = time.perf_counter()
-            draws = [
-                self._super_resolve(cond, low_res, grid, sampler, steps, eta, seed + k, batch_size, data_consistency,
-                                    tick)
-                for k in range(samples)
-            ]
-            timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
-            stack = torch.stack(draws)
-            mean = stack.mean(0)
-            result.super_resolved = self._crop(mean, mapping, height, width, SCALE)
-            if samples > 1:
-                std = stack.std(0, unbiased=True)[0, 0, : SCALE * height, : SCALE * width].numpy()
-                result.std = mapping.scale(std)
-            residual = (cond - F.avg_pool2d(mean, SCALE))[0, 0, :height, :width]
-            # the same definition as `etdms eval` reports, in the frame's own units
-            result.consistency_psnr = consistency_psnr(self._crop(cond, mapping, height, width, 1),
-                                                       result.super_resolved)
-            result.consistency_residual = mapping.scale(residual.numpy())
-
-        result.metadata = {
+    def describe(self, plan: RunPlan, result: Result, mapping: IntensityMap, noise_source: str,
+                 timings: dict) -> dict:
+        """The provenance of a run: weights, sampling, tiling, noise, device, timings."""
+        settings = plan.settings
+        sr, dn = settings.super_resolve, settings.denoise
+        return {
             "software": f"napari-etdms {__version__}",
             "weights": self.weights_provenance,
-            "stages": [s for s, on in (("denoise", denoise), ("super-resolve", super_resolve)) if on],
-            "sampler": sampler if super_resolve else None,
-            "steps": steps if super_resolve else None,
-            "eta": eta if super_resolve and sampler == "ddim" else None,
-            "seed": seed,
-            "samples": samples,
-            "data_consistency": data_consistency if super_resolve else None,
-            "tiling": grid.describe() | {"batch_size": batch_size},
-            "denoise_tiling": denoise_grid.describe() if denoise else None,
-            "noise": noise.as_dict() | {"units": "input intensity", "model": "var = gain * level + offset",
-                                        "source": noise_source},
-            "strength": strength if denoise and self.noise_aware else None,
+            "stages": [s for s, on in (("denoise", dn), ("super-resolve", sr)) if on],
+            "sampler": settings.sampler if sr else None,
+            "steps": settings.steps if sr else None,
+            "eta": settings.eta if sr and settings.sampler == "ddim" else None,
+            "seed": settings.seed,
+            "samples": settings.samples,
+            "data_consistency": settings.data_consistency if sr else None,
+            "tiling": plan.grid.describe() | {"batch_size": settings.batch_size},
+            "denoise_tiling": plan.denoise_grid.describe() if dn else None,
+            "noise": result.noise.as_dict() | {"units": "input intensity", "model": "var = gain * level + offset",
+                                               "source": noise_source},
+            "strength": settings.strength if dn and self.noise_aware else None,
             "device": str(self.device),
             "precision": self.precision,
-            "input_shape": list(frame.shape),
-            "input_dtype": str(frame.dtype),
+            "input_shape": list(plan.frame.shape),
+            "input_dtype": str(plan.frame.dtype),
             "intensity_map": {"low": mapping.low, "high": mapping.high, "smoothing_sigma_px": SIGNAL_SMOOTHING},
             "consistency_psnr_db": result.consistency_psnr,
             "timings": timings,
         }
-        return result
+
+    def _summarise_draws(self, result: Result, stack: torch.Tensor, cond: torch.Tensor, mapping: IntensityMap,
+                         height: int, width: int) -> None:
+        """The mean of the draws (and their std when more than one), and its consistency."""
+        mean = stack.mean(0)
+        result.super_resolved = self._crop(mean, mapping, height, width, SCALE)
+        if stack.shape[0] > 1:
+            std = stack.std(0, unbiased=True)[0, 0, : SCALE * height, : SCALE * width].numpy()
+            result.std = mapping.scale(std)
+        residual = (cond - F.avg_pool2d(mean, SCALE))[0, 0, :height, :width]
+        # the same definition as `etdms eval` reports, in the frame's own units
+        result.consistency_psnr = consistency_psnr(self._crop(cond, mapping, height, width, 1),
+                                                   result.super_resolved)
+        result.consistency_residual = mapping.scale(residual.numpy())
 
     @staticmethod
     def _crop(t: torch.Tensor, mapping: IntensityMap, height: int, width: int, scale: int) -> np.ndarray:
@@ -384,18 +425,17 @@ class Pipeline:
         return apply_denoiser(self.denoiser, low_res, as_tensor(noise.gain), as_tensor(noise.offset), strength, run)
 
     @torch.no_grad()
-    def _super_resolve(self, cond, measured, grid, sampler_name, steps, eta, seed, batch_size, consistent,
-                       tick) -> torch.Tensor:
+    def _super_resolve(self, cond, measured, grid, settings: RunSettings, seed: int, tick) -> torch.Tensor:
         diffusion = self.config.diffusion
-        sampler = make_sampler(sampler_name, diffusion, steps, eta)
+        sampler = make_sampler(settings.sampler, diffusion, settings.steps, settings.eta)
 
         def project(x0):
             return to_target(project_onto_low_res(from_target(x0, cond, diffusion), cond), cond, diffusion)
 
         shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
         generator = torch.Generator().manual_seed(seed)
-        predict = self._model_predictor(self.clsr.condition(cond, measured), grid, batch_size, tick)
-        x = sampler.sample(predict, shape, generator, project if consistent else None)
+        predict = self._model_predictor(self.clsr.condition(cond, measured), grid, settings.batch_size, tick)
+        x = sampler.sample(predict, shape, generator, project if settings.data_consistency else None)
         return from_target(x, cond, diffusion)
 
     def _model_predictor(self, cond, grid, batch_size, tick):
