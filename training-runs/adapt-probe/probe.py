@@ -1,4 +1,4 @@
-"""Probe for issue 17 (not part of the package): does row-pair Neighbor2Neighbor fine-tuning of the shipped stage 1 help on a detector it was not trained on?
+"""Probe for issue 17 (not part of the package): does row-pair Neighbor2Neighbor fine-tuning of the shipped stage 1 help on a detector it was not trained on?"""
 import sys, time, json, copy
 import numpy as np, torch, torch.nn.functional as F
 from napari_etdms import Pipeline
