@@ -113,6 +113,17 @@ def test_data_consistency_flag_defaults_to_the_preset(flag, expected):
     assert _run_options(args)["data_consistency"] is expected
 
 
+@pytest.mark.parametrize("option, message", [(["--tile", "18"], "tile must be a multiple of 4"),
+                                             (["--tile", "32", "--overlap", "32"], "overlap must be in")])
+def test_settings_checked_together_are_usage_errors_before_any_work(option, message, tmp_path, capsys):
+    frame = tmp_path / "frame.tif"
+    frame.write_bytes(b"not read: the settings are refused first")
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(frame), "-o", str(tmp_path / "out"), *option])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_existing_output_refuses_the_whole_set_before_compute(tiny_weights, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", sem_like((32, 32), np.uint8))
     out = tmp_path / "out"

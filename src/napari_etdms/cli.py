@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .io import DEFAULT_MAX_PIXELS
-from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE
+from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -456,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     from .tiling import Cancelled
     from .weights import WeightsError
 
+    if hasattr(args, "no_sr"):  # a command that runs the pipeline: its settings checked once, before any work
+        try:
+            RunSettings(seed=args.seed, **_run_options(args))
+        except ValueError as err:
+            parser.error(str(err))  # a usage error: exit 2
     try:
         return COMMANDS[args.command](args)
     except (WeightsError, ConfigError, InputError, FileNotFoundError, FileExistsError, ValueError) as err:

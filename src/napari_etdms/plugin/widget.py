@@ -83,7 +83,7 @@ class ETDMSWidget(QWidget):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         viewer.layers.selection.events.active.connect(self._follow_selection)
-        self._image_pinned = False
+        self._image_pinned = False  # building the form set its first value: not the user's pick
         self._follow_selection()
 
     # ---- construction -----------------------------------------------------------------
