@@ -16,6 +16,7 @@ from .io import DEFAULT_MAX_PIXELS
 from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_KEPT = 3  # etdms adapt: the base weights fit the frames better; nothing written
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +59,16 @@ def _at_least(minimum: int):
         return value
 
     return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def _strength(text: str) -> float:
@@ -142,6 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--clsr-from", metavar="WEIGHTS",
                        help="with --export: take stage 2 from these weights (registry name or folder) instead of "
                        "this run's; recorded by name and hash")
+
+    from .training.adapt import DEFAULT_MINUTES, VALIDATION_ROWS
+    from .training.adapt import SETTINGS as ADAPT_SETTINGS
+
+    ad = sub.add_parser(
+        "adapt",
+        help="adapt stage 1 to your microscope, on your own noisy frames (no clean frames needed)",
+        description="Fine-tune the denoiser of the base weights on your noisy frames alone (self-supervised, "
+        "row-pair Neighbor2Neighbor: correct for noise correlated along the scan line) and write a weights folder "
+        "that infer -w and the napari widget load like any other, with stage 2 of the base weights. The bottom "
+        f"{VALIDATION_ROWS} rows of each frame are held out: the adapted weights are written only if they denoise "
+        f"those better than the base (otherwise exit {EXIT_NOT_KEPT}, nothing written). An interrupted run "
+        "resumes when the same command is given again.",
+    )
+    ad.add_argument("inputs", nargs="+", metavar="FRAME",
+                    help="noisy TIFF/PNG frames from your microscope, or folders (every slice of a stack is used)")
+    ad.add_argument("-o", "--output", type=Path,
+                    help="the weights folder to write; its name is the weights' name (default: "
+                    "adapted-<first frame> in your weights folder, see etdms info)")
+    ad.add_argument("-w", "--weights", help="base weights: registry name or folder (default: the shipped ones)")
+    ad.add_argument("--minutes", type=_positive, default=DEFAULT_MINUTES,
+                    help=f"training time budget (default {DEFAULT_MINUTES:g}; about 2.5 s per step on 2 CPU threads)")
+    ad.add_argument("--iterations", type=_at_least(1), default=ADAPT_SETTINGS.iterations,
+                    help=f"at most this many steps (default {ADAPT_SETTINGS.iterations})")
+    ad.add_argument("--device", default="auto")
+    ad.add_argument("--keep-anyway", action="store_true",
+                    help="write the adapted weights even if the base denoises the held-out rows better")
+    ad.add_argument("--restart", action="store_true", help="discard an interrupted run instead of resuming it")
+    ad.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
+                    help="refuse frames whose file header declares more pixels, before decoding")
 
     ev = sub.add_parser(
         "eval",
@@ -305,15 +346,8 @@ def cmd_info(_args) -> int:
 
 def cmd_train(args) -> int:
     from .pipeline import select_device
-    from .training.trainer import (
-        StageTrainer,
-        export,
-        is_lead,
-        lead_decides,
-        load_train_config,
-        start_distributed,
-        stop_distributed,
-    )
+    from .training.loop import is_lead, lead_decides, start_distributed, stop_distributed
+    from .training.trainer import StageTrainer, export, load_train_config
 
     config = load_train_config(args.config)
     run_dir = args.run_dir or Path("runs") / config.name
@@ -356,6 +390,29 @@ def _run_options(args) -> dict:
 
 def _names(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def cmd_adapt(args) -> int:
+    from .batch import input_files
+    from .pipeline import select_device
+    from .training.adapt import adapt, frames_from_files
+    from .weights import user_folder
+
+    files = input_files(args.inputs)
+    if not files:
+        print("no TIFF or PNG files found in the given inputs", file=sys.stderr)
+        return EXIT_ERROR
+    frames, sources = frames_from_files(files, args.max_pixels)  # every frame is read before any training
+    output = args.output or user_folder() / f"adapted-{files[0].stem}"
+    print(f"adapting on {len(frames)} frame(s) from {len(files)} file(s) for up to {args.iterations} steps or "
+          f"{args.minutes:g} min", file=sys.stderr)
+    outcome = adapt(frames, output, args.weights, args.minutes, args.iterations, str(select_device(args.device)),
+                    args.keep_anyway, args.restart, show_progress=sys.stderr.isatty(), sources=sources)
+    print(outcome.message)
+    if not outcome.kept:
+        return EXIT_NOT_KEPT
+    print(f"use them with: etdms infer -w {output if args.output else outcome.entry.name} ...")
+    return EXIT_OK
 
 
 def cmd_eval(args) -> int:
@@ -441,8 +498,8 @@ def cmd_degrade(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"infer": cmd_infer, "demo": cmd_demo, "info": cmd_info, "train": cmd_train, "eval": cmd_eval,
-            "degrade": cmd_degrade}
+COMMANDS = {"infer": cmd_infer, "adapt": cmd_adapt, "demo": cmd_demo, "info": cmd_info, "train": cmd_train,
+            "eval": cmd_eval, "degrade": cmd_degrade}
 
 
 def main(argv: list[str] | None = None) -> int:

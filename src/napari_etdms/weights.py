@@ -1,8 +1,9 @@
 """Registry of named weights: each is a folder holding `weights.json` (name, model config,
 files with sha256, model card, recommended sampler) next to its state-dict files.
 
-Folders are searched in `NAPARI_ETDMS_WEIGHTS` (os.pathsep-separated), then the copy
-shipped inside the installed package, then the `weights/` folder of a source checkout.
+Folders are searched in `NAPARI_ETDMS_WEIGHTS` (os.pathsep-separated), then the user's own
+weights folder (where "Adapt to this image" writes), then the copy shipped inside the
+installed package, then the `weights/` folder of a source checkout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .io import write_file_atomically
 
 DEFAULT_WEIGHTS = "etdms-sem-v2"
 MANIFEST = "weights.json"
+ADAPTATION_RECORD = "adaptation.json"  # beside the manifest of weights adapted by `etdms adapt`
 PARTS = ("denoiser", "clsr")
 ENV_VAR = "NAPARI_ETDMS_WEIGHTS"
 
@@ -44,11 +46,28 @@ class WeightsEntry:
         return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
     def provenance(self) -> dict:
-        return {"name": self.name, "hash": self.short_hash, "files": {p: f["sha256"] for p, f in self.files.items()}}
+        """Name and hashes; for weights adapted to a user's frames, also what they were adapted from."""
+        record = {"name": self.name, "hash": self.short_hash, "files": {p: f["sha256"] for p, f in self.files.items()}}
+        adaptation = self.folder / ADAPTATION_RECORD
+        if adaptation.is_file():
+            try:
+                adapted = json.loads(adaptation.read_text())
+                record["adapted_from"] = {key: adapted[key] for key in ("base", "method", "iterations")}
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                record["adapted_from"] = f"unreadable {ADAPTATION_RECORD} ({err})"
+        return record
+
+
+def user_folder() -> Path:
+    """The user's own weights (e.g. adapted to their microscope), e.g. ~/.local/share/napari-etdms/weights."""
+    from platformdirs import user_data_path
+
+    return user_data_path("napari-etdms") / "weights"
 
 
 def search_path() -> list[Path]:
     paths = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    paths.append(user_folder())
     package_dir = Path(__file__).resolve().parent
     paths.append(package_dir / "shipped_weights")  # wheel: the checkout's weights/ as package data
     paths.append(package_dir.parents[1] / "weights")  # source checkout / editable install

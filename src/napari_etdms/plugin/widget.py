@@ -21,6 +21,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -33,9 +34,11 @@ from .. import __version__
 from ..diffusion import DEFAULT_PRESET, SAMPLERS
 from ..pipeline import Result
 from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE
-from ..weights import DEFAULT_WEIGHTS, available
+from ..training.adapt import DEFAULT_MINUTES
+from ..training.adapt import SETTINGS as ADAPT_SETTINGS
+from ..weights import DEFAULT_WEIGHTS, available, user_folder
 from .geometry import pyramid_levels, region_geometry, upscaled_geometry
-from .worker import Job, run_job
+from .worker import AdaptJob, Job, adapt_job, run_job
 
 LOCAL_FILE = "local weights file..."
 REGIONS = ("whole frame", "current view", "shapes rectangle")
@@ -50,7 +53,8 @@ OUTPUTS = {  # Result field -> layer name suffix
 # Compare: the grid's panels, in this order, after the input
 COMPARED = ("denoised", "super_resolved", "bicubic_input", "std")
 PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
-             "data_consistency", "region", "tile", "overlap", "batch_size", "precision")
+             "data_consistency", "region", "tile", "overlap", "batch_size", "precision", "adapt_minutes",
+             "adapt_steps")
 
 
 def detected_devices() -> list[str]:
@@ -75,6 +79,8 @@ class ETDMSWidget(QWidget):
         self._following = False  # the widget, not the user, is setting the image choice
         self._compared: list[str] = []  # the last run's input and output layer names
         self._overlay_state: dict | None = None  # set while Compare shows the grid
+        self._action_button = None  # Run or Adapt, while its job runs (it reads "Cancel")
+        self._idle_text = ""
         self._timer = QTimer(self)
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
@@ -125,11 +131,20 @@ class ETDMSWidget(QWidget):
                                   tooltip="0: 8 on a CUDA GPU, else 1")
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
                                   value="auto", visible=False)
+        self.adapt_minutes = FloatSpinBox(label="adapt budget (min)", min=0.05, max=600, step=0.5,
+                                          value=DEFAULT_MINUTES, visible=False)
+        self.adapt_steps = SpinBox(label="adapt steps (at most)", min=1, max=100000,
+                                   value=ADAPT_SETTINGS.iterations, visible=False)
         self.run_button = PushButton(text="Run")
         self.compare_button = PushButton(
             text="Compare", enabled=False,
             tooltip="the input and the last run's outputs side by side (one linked view, matched contrast); "
                     "press again to return to the overlay")
+        self.adapt_button = PushButton(
+            text="Adapt to this image",
+            tooltip="fine-tune the denoiser of the chosen weights on this image's own noise (a few minutes, no "
+                    "clean frame needed); the adapted weights are added to the list and chosen if they denoise "
+                    "held-out rows of the image better")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.form = Container(widgets=[
@@ -138,7 +153,8 @@ class ETDMSWidget(QWidget):
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
             self.data_consistency, self.region,
             self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
-            self.run_button, self.compare_button, self.progress_bar, self.status,
+            self.adapt_minutes, self.adapt_steps,
+            self.run_button, self.compare_button, self.adapt_button, self.progress_bar, self.status,
         ])
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
@@ -152,6 +168,7 @@ class ETDMSWidget(QWidget):
         self._apply_preset(self.weights.value)
         self.run_button.changed.connect(self._run_or_cancel)
         self.compare_button.changed.connect(self._toggle_compare)
+        self.adapt_button.changed.connect(self._adapt_or_cancel)
         self._image_changed(self.image.value)
 
     def _image_choices(self, _widget=None):
@@ -196,7 +213,7 @@ class ETDMSWidget(QWidget):
                 self._following = False
 
     def _toggle_advanced(self, shown: bool):
-        for w in (self.tile, self.overlap, self.batch_size, self.precision):
+        for w in (self.tile, self.overlap, self.batch_size, self.precision, self.adapt_minutes, self.adapt_steps):
             w.visible = shown
 
     def _image_changed(self, layer):
@@ -245,7 +262,7 @@ class ETDMSWidget(QWidget):
                     widget.value = str(value).lower() == "true"
                 elif isinstance(widget, SpinBox):
                     widget.value = int(value)
-                elif isinstance(widget, FloatSlider):
+                elif isinstance(widget, (FloatSlider, FloatSpinBox)):
                     widget.value = float(value)
                 elif value in widget.choices:
                     widget.value = value
@@ -300,19 +317,22 @@ class ETDMSWidget(QWidget):
             raise ValueError(f"the region is only {y1 - y0}x{x1 - x0} px; choose at least 8x8 px inside the image")
         return y0, y1, x0, x1
 
+    def _planes(self, layer) -> tuple[list[int | None], int | None]:
+        """The slices to process (None: the layer is 2D) and the current slice's index, if only it."""
+        if layer.ndim == 3 and self.slices.value == "current slice":
+            index = int(self.viewer.dims.current_step[0])
+            return [min(max(index, 0), layer.data.shape[0] - 1)], index
+        if layer.ndim == 3:
+            return list(range(layer.data.shape[0])), None
+        return [None], None
+
     def _snapshot(self):
         layer = self.image.value
         if layer is None:
             raise ValueError("open an SEM image first (File > Open, or a sample under File > Open Sample)")
         y0, y1, x0, x1 = self._region(layer)
         data = layer.data
-        if layer.ndim == 3 and self.slices.value == "current slice":
-            index = int(self.viewer.dims.current_step[0])
-            planes, slice_index = [min(max(index, 0), data.shape[0] - 1)], index
-        elif layer.ndim == 3:
-            planes, slice_index = list(range(data.shape[0])), None
-        else:
-            planes, slice_index = [None], None
+        planes, slice_index = self._planes(layer)
         plane = lambda i: data if i is None else data[i]  # noqa: E731
         frames = [np.array(plane(i)[y0:y1, x0:x1]) for i in planes]
         whole = (y0, y1, x0, x1) == (0, data.shape[-2], 0, data.shape[-1])
@@ -322,8 +342,6 @@ class ETDMSWidget(QWidget):
 
     def run(self):
         """Start a run (the Run button). Errors in the settings are shown, nothing starts."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         if self._overlay_state is not None:
@@ -346,19 +364,56 @@ class ETDMSWidget(QWidget):
         job = Job(frames, weights, self.device.value, self.precision.value, options, noise_frames)
         context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
                    "region": self.region.value, "options": options, "noise_from_whole": noise_frames is not None}
+        self._start(lambda cancel: run_job(job, cancel), lambda outcome: self._finish(outcome, context),
+                    self.run_button, "loading weights...")
+
+    def adapt(self):
+        """Adapt stage 1 of the chosen weights to the chosen image (the "Adapt to this image"
+        button): its whole frame, or every slice of a stack with "all slices"."""
+        from napari.utils.notifications import show_error
+
+        if self._overlay_state is not None:
+            self._show_overlay()
+        layer = self.image.value
+        try:
+            if layer is None:
+                raise ValueError("open an SEM image first (File > Open, or a sample under File > Open Sample)")
+            base = self._selected_weights()
+        except ValueError as err:
+            show_error(f"ETDMS: {err}")
+            return
+        frames = [np.array(layer.data if i is None else layer.data[i]) for i in self._planes(layer)[0]]
+        self._save_settings()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in layer.name)[:40]
+        job = AdaptJob(frames, layer.name, base, user_folder() / f"adapted-{safe}-{stamp}", self.device.value,
+                       float(self.adapt_minutes.value), int(self.adapt_steps.value))
+        self._start(lambda cancel: adapt_job(job, cancel), self._finish_adapting, self.adapt_button,
+                    "adapting: preparing the frames...")
+
+    def _start(self, make_job, finish, button, status: str):
+        """Run `make_job(cancel)` (a generator of Progress) in napari's worker; `button` turns
+        into Cancel meanwhile, the other action is disabled; `finish(outcome)` on completion."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
         self._cancel = threading.Event()
         outcome: dict = {}
-        self.worker = create_worker(_collect, run_job(job, self._cancel), outcome)
+        self.worker = create_worker(_collect, make_job(self._cancel), outcome)
         self._progress = progress(total=0, desc="ETDMS")
         self.worker.yielded.connect(self._on_progress)
         cancel = self._cancel
         self.worker.aborted.connect(lambda: cancel.set())  # napari's task manager may quit the worker
         # One completion handler, on `finished`: Qt may deliver `returned` after `finished`.
-        self.worker.finished.connect(lambda: self._finish(outcome, context))
-        self.run_button.text = "Cancel"
+        self.worker.finished.connect(lambda: finish(outcome))
+        self._action_button = button
+        self._idle_text = button.text
+        button.text = "Cancel"
+        for other in (self.run_button, self.adapt_button):
+            other.enabled = other is button
         self.progress_bar.visible = True
         self.progress_bar.value = 0
-        self.status.value = "loading weights..."
+        self.status.value = status
         self._timer.start()
         self.worker.start()
 
@@ -366,7 +421,13 @@ class ETDMSWidget(QWidget):
         if self._cancel is not None:
             self._cancel.set()
             self.status.value = "cancelling..."
-            self.run_button.enabled = False
+            self._action_button.enabled = False
+
+    def _adapt_or_cancel(self, _=None):
+        if self.running:
+            self.cancel()
+        else:
+            self.adapt()
 
     def _on_progress(self, p):
         # Only remember the event: the timer draws it on the main thread, so a late or
@@ -400,6 +461,26 @@ class ETDMSWidget(QWidget):
         else:
             self._add_outputs(outcome["results"], context)
 
+    def _finish_adapting(self, outcome: dict):
+        from napari.utils.notifications import show_error, show_info
+
+        self._reset()
+        result = outcome.get("results")
+        if "error" in outcome:
+            show_error(f"ETDMS adapting failed: {outcome['error']}")
+            self.status.value = f"error: {outcome['error']}"
+        elif result is None:
+            show_info("ETDMS: adapting cancelled; no weights were written")
+            self.status.value = "adapting cancelled"
+        elif not result.kept:
+            show_info(f"ETDMS: {result.message}")
+            self.status.value = "the chosen weights fit this image better: nothing added"
+        else:
+            self.weights.reset_choices()
+            self.weights.value = result.entry.name
+            show_info(f"ETDMS: {result.message}")
+            self.status.value = f"adapted weights '{result.entry.name}' chosen: press Run"
+
     def _reset(self):
         self._timer.stop()
         self._latest = None
@@ -408,8 +489,11 @@ class ETDMSWidget(QWidget):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self.run_button.text = "Run"
-        self.run_button.enabled = True
+        if self._action_button is not None:
+            self._action_button.text = self._idle_text
+        for button in (self.run_button, self.adapt_button):
+            button.enabled = True
+        self._action_button = None
         self.progress_bar.visible = False
 
     # ---- outputs -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The widget's background job as a plain generator (no Qt, no napari): it runs the
-pipeline on a helper thread and yields progress, so napari's generator worker can relay
-it to the GUI and a cancel request reaches the pipeline within one sampling step."""
+"""The widget's background jobs as plain generators (no Qt, no napari): a run of the
+pipeline, or an adaptation of stage 1 to the image, on a helper thread, yielding progress,
+so napari's generator worker can relay it to the GUI; a cancel request reaches the pipeline
+within one sampling step, and an adaptation within one training step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -69,28 +71,22 @@ def _run_with_backoff(pipeline: Pipeline, frame: np.ndarray, options: dict, **kw
             batch = max(1, batch // 2)
 
 
-def run_job(job: Job, cancel: threading.Event):
-    """Generator: yields Progress, returns the list of Results (one per frame), or None
-    when `cancel` was set (nothing partial). Closing the generator also cancels."""
+def _eta(started: float, fraction: float) -> float | None:
+    return (time.monotonic() - started) * (1 - fraction) / fraction if fraction > 0 else None
+
+
+def _in_background(work, cancel: threading.Event):
+    """Generator: runs `work(report)` on a helper thread and yields what it reports; returns
+    its result, or None when it was cancelled. Closing the generator also cancels."""
     events: queue.Queue = queue.Queue()
-    started = time.monotonic()
 
-    def work():
+    def target():
         try:
-            pipeline = load_pipeline(job.weights, job.device, job.precision)
-            results = []
-            for index, frame in enumerate(job.frames):
-                def report(done, total, stage, index=index):
-                    events.put(("progress", (done, total, stage, index)))
-
-                noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
-                results.append(_run_with_backoff(pipeline, frame, job.options, noise=noise, progress=report,
-                                                 cancel=cancel))
-            events.put(("done", results))
+            events.put(("done", work(lambda progress: events.put(("progress", progress)))))
         except BaseException as err:  # relayed to the generator's caller
             events.put(("error", err))
 
-    thread = threading.Thread(target=work, name="etdms-job", daemon=True)
+    thread = threading.Thread(target=target, name="etdms-job", daemon=True)
     thread.start()
     try:
         while True:
@@ -101,14 +97,65 @@ def run_job(job: Job, cancel: threading.Event):
                 raise payload
             if kind == "done":
                 return payload
-            done, total, stage, index = payload
-            overall = (index * total + done) / (total * len(job.frames))
-            elapsed = time.monotonic() - started
-            eta = elapsed * (1 - overall) / overall if overall > 0 else None
-            yield Progress(done, total, stage, index, len(job.frames), eta)
+            yield payload
     finally:
-        cancel.set()  # no-op after completion; stops the pipeline if the generator was closed
+        cancel.set()  # no-op after completion; stops the work if the generator was closed
         thread.join()
 
 
-__all__ = ["Cancelled", "Job", "Progress", "load_pipeline", "run_job"]
+def run_job(job: Job, cancel: threading.Event):
+    """Generator: yields Progress, returns the list of Results (one per frame), or None
+    when `cancel` was set (nothing partial). Closing the generator also cancels."""
+    started = time.monotonic()
+
+    def work(report):
+        pipeline = load_pipeline(job.weights, job.device, job.precision)
+        results = []
+        for index, frame in enumerate(job.frames):
+            def progress(done, total, stage, index=index):
+                overall = (index * total + done) / (total * len(job.frames))
+                report(Progress(done, total, stage, index, len(job.frames), _eta(started, overall)))
+
+            noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
+            results.append(_run_with_backoff(pipeline, frame, job.options, noise=noise, progress=progress,
+                                             cancel=cancel))
+        return results
+
+    return (yield from _in_background(work, cancel))
+
+
+@dataclass
+class AdaptJob:
+    frames: list[np.ndarray]  # 2D frames: one, or every slice of a stack
+    name: str  # the image's name, for the record
+    base: str | None  # weights to adapt
+    output: Path  # the weights folder to write
+    device: str = "auto"
+    minutes: float | None = None  # None: the default budget
+    iterations: int | None = None  # None: the default
+
+
+def adapt_job(job: AdaptJob, cancel: threading.Event):
+    """Generator: adapts stage 1 to the job's frames (`training.adapt`), yields Progress and
+    returns the AdaptOutcome, or None when cancelled (then no weights folder is left)."""
+    from ..pipeline import select_device
+    from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt
+
+    started = time.monotonic()
+    minutes = job.minutes or DEFAULT_MINUTES
+
+    def work(report):
+        names = [job.name] if len(job.frames) == 1 else [f"{job.name}[{i}]" for i in range(len(job.frames))]
+        frames = [AdaptFrame.from_image(frame, name) for frame, name in zip(job.frames, names)]
+
+        def progress(done, total):  # done at the last step or at the time budget, whichever comes first
+            fraction = max(done / total, (time.monotonic() - started) / (60 * minutes))
+            report(Progress(done, total, "adapt", 0, 1, _eta(started, min(fraction, 1.0))))
+
+        return adapt(frames, job.output, job.base, minutes, job.iterations, str(select_device(job.device)),
+                     progress=progress, cancel=cancel, sources=[{"layer": job.name}])
+
+    return (yield from _in_background(work, cancel))
+
+
+__all__ = ["AdaptJob", "Cancelled", "Job", "Progress", "adapt_job", "load_pipeline", "run_job"]

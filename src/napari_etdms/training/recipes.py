@@ -5,7 +5,9 @@ Batches are dicts of `CropStream.sample` tensors: `degraded`, `clean_lr`, `clean
 `noiseless` on the clean crop's [-1, 1] scale, `noise` and `noise_estimate` (gain, offset of
 the degraded crop on that crop's [0, 1] scale: added, and estimated from the crop) and `fit`
 (low, high: the crop's signal range as the pipeline fits it on a frame, on that scale); the
-last two only where a noise-aware stage 1 runs.
+last two only where a noise-aware stage 1 runs. `NeighbourPairDenoising` (adaptation to
+the user's frames) has no clean data: its batches are `noisy` crops with their frame's
+`gain` and `offset`.
 """
 
 from __future__ import annotations
@@ -151,3 +153,58 @@ class ConditionalDiffusion:
         clean_hr = clean_hr.cpu()
         return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
                 "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
+
+
+def neighbour_pairs(y: torch.Tensor, generator: torch.Generator):
+    """Two half-size sub-images of (B, 1, H, W) frames (H, W even) whose pixels come from
+    different rows of each 2x2 cell, and the function that takes the same pixels from any
+    frame of that shape. SEM noise is correlated along the scan line, so two pixels of one row
+    share noise; pixels of different rows do not (Neighbor2Neighbor, with the pair's rows
+    forced apart)."""
+    b, c, h, w = y.shape
+
+    def cells(x):  # (B, C, H/2, W/2, 4): each 2x2 cell's pixels, row-major (top-left, top-right, ...)
+        return x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+
+    shape = (b, c, h // 2, w // 2)
+    first_row = torch.randint(0, 2, shape, generator=generator)
+    first = first_row * 2 + torch.randint(0, 2, shape, generator=generator)
+    second = (1 - first_row) * 2 + torch.randint(0, 2, shape, generator=generator)
+    first, second = first.to(y.device), second.to(y.device)
+
+    def pick(x):
+        return tuple(cells(x).gather(-1, index[..., None])[..., 0] for index in (first, second))
+
+    return *pick(y), pick
+
+
+class NeighbourPairDenoising:
+    """Stage 1 fine-tuned on noisy frames alone (self-supervised): the denoised first
+    sub-image of a neighbour pair should predict the second, whose noise is independent, so
+    the loss is the true error plus a constant; the regulariser (Neighbor2Neighbor, Huang et
+    al. 2021) ties the sub-image task to the denoised full frame. Validation: the pair loss on
+    fixed held-out pairs, which falls exactly when the true error does."""
+
+    def __init__(self, trainer, regularisation: float = 1.0, seed: int = 0):
+        self.trainer = trainer
+        self.regularisation = regularisation
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _denoise(model, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        gain, offset = (batch[key].view(-1, 1, 1, 1).double() for key in ("gain", "offset"))
+        return apply_denoiser(model, x, gain, offset).float()
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        model = self.trainer.model
+        first, second, pick = neighbour_pairs(batch["noisy"], self.generator)
+        restored = self._denoise(model, first, batch)
+        with torch.no_grad():
+            whole_first, whole_second = pick(self._denoise(model, batch["noisy"], batch))
+        gap = restored - second
+        return gap.square().mean() + self.regularisation * F.mse_loss(gap, whole_first - whole_second)
+
+    def validate(self, model, batch: dict) -> dict:
+        with self.trainer.autocast():
+            restored = self._denoise(model, batch["first"], batch)
+        return {"pair_loss": F.mse_loss(restored, batch["second"]).item()}

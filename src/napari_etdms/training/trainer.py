@@ -1,24 +1,18 @@
-"""Resumable training of stage 1 (denoiser), stage 2 (CLSR) and stage 2 fine-tuned on
-stage-1 outputs. One run folder holds each stage's checkpoint, JSONL log and data split.
-
-Checkpoints are written atomically (temp file + rename), so a kill -9 at any moment
-leaves the previous checkpoint intact; a restarted run resumes from it.
+"""Training configs and their stages: stage 1 (denoiser), stage 2 (CLSR) and stage 2
+fine-tuned on stage-1 outputs, each a `StageTrainer` on the one loop of `loop.py`. One run
+folder holds each stage's checkpoint, JSONL log and the data split; `export` writes the
+trained weights as a registry folder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from ..config import ModelConfig, _Strict, load_json
@@ -28,6 +22,7 @@ from ..io import write_file_atomically
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
+from .loop import EMA, TrainingLoop, is_lead
 from .recipes import BlindDenoising, ConditionalDiffusion, NoiseAwareDenoising
 
 STAGES = ("stage1", "stage2", "finetune")
@@ -117,99 +112,30 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     return config.model_copy(update=update)
 
 
-class EMA:
-    """Exponential moving average of weights with the usual warm-up, so early
-    validation and exports are not dominated by the random initialisation."""
+class StageTrainer(TrainingLoop):
+    """A stage of a training config in its run folder: the network the stage trains, where it
+    starts from (grown from a smaller one, or the fine-tune from stage 2), its data split and
+    crop streams, and its recipe."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.module = copy.deepcopy(model).requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema, live = self.module.state_dict(), model.state_dict()
-        for name, value in live.items():
-            if value.dtype.is_floating_point:
-                ema[name].lerp_(value, 1.0 - decay)
-            else:
-                ema[name].copy_(value)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
-
-
-def is_lead() -> bool:
-    """True in a single-process run and in rank 0 of a distributed one (the one that writes)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def start_distributed(device: str) -> str:
-    """Join the process group that torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK in the
-    environment) and return this process's device; a plain run is left as it is."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return device
-
-
-def stop_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def lead_decides(value: float, device: str | torch.device = "cpu") -> float:
-    """Rank 0's value on every rank (time left, whether to stop): ranks that each read their
-    own clock could stop at different iterations and leave the others waiting forever."""
-    if not dist.is_initialized():
-        return value
-    shared = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.broadcast(shared, src=0)
-    return float(shared.item())
-
-
-class StageTrainer:
     def __init__(self, config: TrainConfig, stage: str, run_dir: Path, device: str = "cpu"):
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}'")
-        self.config, self.stage = config, stage
-        self.settings: StageConfig = getattr(config, stage)
+        self.config, self.stage, self.label = config, stage, stage
         self.run_dir = Path(run_dir)
-        self.dir = self.run_dir / stage
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
+        settings: StageConfig = getattr(config, stage)
+        super().__init__((build_denoiser if stage == "stage1" else build_clsr)(config.model), settings,
+                         self.run_dir / stage, device)
         self.schedule = NoiseSchedule(config.model.diffusion)
-        self.net = (build_denoiser if stage == "stage1" else build_clsr)(config.model).to(self.device)
         growing = self.settings.grow_from and not self.checkpoint_path.is_file()
         if growing:
             source = torch.load(self.settings.grow_from, map_location=self.device, weights_only=True)
             # a training checkpoint (its EMA weights) or an exported .pt (a bare state dict)
             self.net.grow_from(source["ema"]["module"] if "ema" in source else source)
-        self.ema = EMA(self.net, self.settings.ema_decay)
-        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.settings.optimizer]
-        self.optimizer = optimizer(self.net.parameters(), lr=self.settings.learning_rate,
-                                   weight_decay=self.settings.weight_decay)
-        self.iteration = 0
+            self.ema = EMA(self.net, self.settings.ema_decay)
         conditioner = self._stage1_model() if stage == "finetune" else None
-        if not self._resume() and stage == "finetune" and not growing:
+        if not self.resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
-        self.model = self.net
-        if dist.is_initialized():
-            self.model = torch.nn.parallel.DistributedDataParallel(self.net)
+        self.wrap_distributed()
         train, val = self._split()
         if self.settings.max_target_noise is not None:
             limit = self.settings.max_target_noise
@@ -235,16 +161,11 @@ class StageTrainer:
         else:
             self.recipe = ConditionalDiffusion(self, conditioner)
 
-    # ---- state -----------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
     @property
     def settings_history_path(self) -> Path:
         return self.dir / "settings.jsonl"
 
-    def _record_settings(self) -> None:
+    def on_start(self) -> None:
         """Add the resolved config (model, data, this stage's settings) whenever this stage
         trains on under settings that differ from the last ones recorded, so a run continued
         with, e.g., a lower learning rate keeps the history of what it was trained with.
@@ -259,33 +180,12 @@ class StageTrainer:
             text = "".join(json.dumps(entry) + "\n" for entry in history)
             write_file_atomically(self.settings_history_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
 
-    def _resume(self) -> bool:
-        if not self.checkpoint_path.is_file():
-            return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        self.net.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = int(state["iteration"])
-        self._apply_learning_rate()
-        return True
-
     def _start_from(self, checkpoint: Path) -> None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: stage 2 must be trained before fine-tuning")
         state = torch.load(checkpoint, map_location=self.device, weights_only=True)
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-
-    def learning_rate_at(self, iteration: int) -> float:
-        passed = sum(iteration >= milestone for milestone in self.settings.lr_milestones)
-        return self.settings.learning_rate * self.settings.lr_gamma**passed
-
-    def _apply_learning_rate(self) -> None:
-        """The config decides, also over a resumed optimizer's saved rate, so a run can be
-        continued at another rate or schedule."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate_at(self.iteration)
 
     def _stage1_model(self):
         path = self.run_dir / "stage1" / "checkpoint.pt"
@@ -294,18 +194,6 @@ class StageTrainer:
         model = build_denoiser(self.config.model).to(self.device)
         model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)["ema"]["module"])
         return model.eval().requires_grad_(False)
-
-    def save(self) -> None:
-        if not is_lead():
-            return
-        state = {
-            "model": self.net.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "iteration": self.iteration,
-            "stage": self.stage,
-        }
-        write_file_atomically(self.checkpoint_path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
     def _split(self) -> tuple[list[FrameInfo], list[FrameInfo]]:
         split_file = self.run_dir / "split.json"
@@ -344,76 +232,6 @@ class StageTrainer:
                   f"{len(excluded)} frames noisier than max_target_noise={data.max_target_noise} are not used"
                   f"{': ' + names if excluded else ''} (all listed in {split_file})")
         return train, val
-
-    # ---- steps -----------------------------------------------------------------------
-    def autocast(self):
-        if self.settings.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _on_device(self, batch: dict) -> dict:
-        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-
-    def loss(self, batch: dict) -> torch.Tensor:
-        with self.autocast():
-            return self.recipe.loss(self._on_device(batch))
-
-    @torch.no_grad()
-    def validate(self) -> dict:
-        model = self.ema.module.eval()
-        result = self.recipe.validate(model, self._on_device(self.validation))
-        model.train()
-        return result
-
-    def _log(self, record: dict) -> None:
-        if is_lead():
-            with (self.dir / "log.jsonl").open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def train(self, max_minutes: float | None = None, show_progress: bool = True) -> int:
-        """Train until the configured iterations or the wall-clock budget; returns the iteration."""
-        from tqdm import tqdm
-
-        total = self.settings.iterations
-        deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-        workers = self.settings.workers
-        loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=workers,
-                                                  persistent_workers=workers > 0,
-                                                  pin_memory=self.device.type == "cuda"))
-        bar = tqdm(total=total, initial=self.iteration, desc=self.stage, disable=not show_progress or not is_lead())
-        losses: list[float] = []
-        started = time.monotonic()
-        self.net.train()
-        if self.iteration < total:  # only settings that train a step go on record
-            self._record_settings()
-
-        def out_of_time() -> bool:  # no collective call per step when there is no budget to agree on
-            return deadline != math.inf and bool(lead_decides(time.monotonic() >= deadline, self.device))
-
-        while self.iteration < total and not out_of_time():
-            self._apply_learning_rate()
-            loss = self.loss(next(loader))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.ema.update(self.net)
-            self.iteration += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            done = self.iteration == total
-            if self.iteration % self.settings.checkpoint_every == 0 or done:
-                self.save()
-                self._log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
-                           "seconds_per_step": (time.monotonic() - started) / len(losses)})
-                losses, started = [], time.monotonic()
-            if self.iteration % self.settings.validate_every == 0 or done:
-                self._log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
-        bar.close()
-        self.save()
-        if dist.is_initialized():
-            dist.barrier()  # the next stage may read this checkpoint on every rank
-        return self.iteration
 
 
 def read_settings_history(path: Path) -> list[dict]:

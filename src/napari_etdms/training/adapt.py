@@ -1,0 +1,249 @@
+"""Adapting stage 1 to the user's own detector, on their noisy frames alone (`etdms adapt`,
+the widget's "Adapt to this image").
+
+Method (chosen by measurement, `training-runs/adapt-probe/`): the base weights' denoiser is
+fine-tuned with row-pair Neighbor2Neighbor (`recipes.NeighbourPairDenoising`). Noise2Void
+and plain neighbour pairs assume that neighbouring pixels' noises are independent; along an
+SEM scan line they are not, so each pair takes its two pixels from different rows. The
+frames are normalised and told their estimated noise exactly as `Pipeline.run` does, so the
+adapted network sees at inference what it was adapted on.
+
+Guard: the noise-aware base already handles most detectors well, and adapting it then costs
+PSNR. The bottom rows of every frame are held out, and the adapted weights are kept only if
+their pair loss on those rows (the true error plus a constant) is below the base's.
+
+The work (checkpoint, log) lives in a hidden folder beside the output, so an interrupted run
+resumes; the weights folder appears, complete, in one rename, and a cancelled run leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..intensity import SIGNAL_SMOOTHING, IntensityMap
+from ..io import DEFAULT_MAX_PIXELS, read_frame
+from ..models import build_denoiser
+from ..noise import frame_noise
+from ..pipeline import prepare_frame
+from ..weights import ADAPTATION_RECORD, WeightsEntry, load_state, resolve, sha256_of, write_entry
+from .loop import TrainingLoop
+from .recipes import NeighbourPairDenoising, neighbour_pairs
+from .trainer import StageConfig
+
+METHOD = "row-pair Neighbor2Neighbor (self-supervised), regulariser weight 1"
+CROP = 128  # training crops (px, square)
+VALIDATION_ROWS = 64  # the held-out band at the bottom of each frame
+VALIDATION_WIDTH = 128  # the band is cut into pieces of this width
+MIN_HEIGHT, MIN_WIDTH = CROP + VALIDATION_ROWS, CROP
+DEFAULT_MINUTES = 4.0  # with reading, the guard and writing: within 5 minutes on 2 CPU threads
+# ~115 steps fit 5 minutes on 2 CPU threads; on a detector the base mishandles, 100 gained
+# +5.9 dB (adapt-probe) and more steps add little
+SETTINGS = StageConfig(iterations=100, batch_size=8, learning_rate=5e-5, ema_decay=0.99, validate_every=25,
+                       checkpoint_every=10, loss="mse")
+
+
+class AdaptError(ValueError):
+    """The frames cannot be adapted on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class AdaptFrame:
+    """One frame as stage 1 sees it: normalised like `Pipeline.run`, with its noise model."""
+
+    normalised: np.ndarray  # float32 on [-1, 1] of the frame's fitted signal range
+    gain: float  # the estimated noise model on that range's [0, 1] scale
+    offset: float
+    name: str
+    sha256: str  # of the frame's pixels (dtype, shape and bytes)
+
+    @classmethod
+    def from_image(cls, image, name: str) -> AdaptFrame:
+        frame = prepare_frame(image)
+        if frame.shape[0] < MIN_HEIGHT or frame.shape[1] < MIN_WIDTH:
+            raise AdaptError(f"{name}: {frame.shape[0]}x{frame.shape[1]} px is too small to adapt on; at least "
+                             f"{MIN_HEIGHT}x{MIN_WIDTH} px (height x width) is needed")
+        mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+        noise = frame_noise(frame)[0].rescaled(mapping.low, mapping.high)
+        digest = hashlib.sha256(f"{frame.dtype.str}{frame.shape}".encode())
+        digest.update(np.ascontiguousarray(frame).tobytes())
+        return cls(mapping.forward(frame).astype(np.float32), float(noise.gain), float(noise.offset), name,
+                   digest.hexdigest())
+
+    @property
+    def training_rows(self) -> int:
+        return self.normalised.shape[0] - VALIDATION_ROWS
+
+
+def frames_from_files(files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[AdaptFrame], list[dict]]:
+    """Every frame of the files (each slice of a stack; databars split off as `io.read_frame`
+    does), and each file's sha256 for the record. Any unreadable file stops here, before
+    training, with an error naming it."""
+    frames, sources = [], []
+    for path in files:
+        data = read_frame(path, max_pixels).data
+        stacked = data.ndim == 3 and data.shape[-1] not in (3, 4)
+        slices = list(data) if stacked else [data]
+        for index, image in enumerate(slices):
+            frames.append(AdaptFrame.from_image(image, f"{path.name}[{index}]" if stacked else path.name))
+        sources.append({"file": str(path), "sha256": sha256_of(path)})
+    return frames, sources
+
+
+class PairCrops(torch.utils.data.IterableDataset):
+    """Endless random crops of the frames' training rows (frames drawn by area), flipped left
+    to right at random (never up-down or transposed: rows must stay rows)."""
+
+    def __init__(self, frames: list[AdaptFrame], seed: int = 0):
+        self.frames = frames
+        self.seed = seed
+        areas = np.array([f.training_rows * f.normalised.shape[1] for f in frames], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        while True:
+            frame = self.frames[int(rng.choice(len(self.frames), p=self.weights))]
+            y = int(rng.integers(0, frame.training_rows - CROP + 1))
+            x = int(rng.integers(0, frame.normalised.shape[1] - CROP + 1))
+            crop = frame.normalised[y : y + CROP, x : x + CROP]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            yield {"noisy": torch.from_numpy(crop.copy())[None], "gain": frame.gain, "offset": frame.offset}
+
+
+def validation_pairs(frames: list[AdaptFrame], seed: int = 12345) -> dict:
+    """Fixed neighbour pairs from each frame's held-out bottom rows, for the guard."""
+    pieces, gains, offsets = [], [], []
+    for frame in frames:
+        band = frame.normalised[-VALIDATION_ROWS:]
+        for x in range(0, band.shape[1] - VALIDATION_WIDTH + 1, VALIDATION_WIDTH):
+            pieces.append(torch.from_numpy(band[:, x : x + VALIDATION_WIDTH].copy())[None])
+            gains.append(frame.gain)
+            offsets.append(frame.offset)
+    first, second, _ = neighbour_pairs(torch.stack(pieces), torch.Generator().manual_seed(seed))
+    return {"first": first, "second": second, "gain": torch.tensor(gains, dtype=torch.float64),
+            "offset": torch.tensor(offsets, dtype=torch.float64)}
+
+
+class Adaptation(TrainingLoop):
+    """The base weights' denoiser, fine-tuned on `frames` in `folder` (resumed if the folder
+    holds a checkpoint of the same base and frames)."""
+
+    label = "adapt"
+
+    def __init__(self, frames: list[AdaptFrame], base: WeightsEntry, folder: Path, settings: StageConfig = SETTINGS,
+                 device: str = "cpu"):
+        denoiser = build_denoiser(base.config)
+        denoiser.load_state_dict(load_state(base, "denoiser"))
+        identity = {"base": base.short_hash, "frames": [f.sha256 for f in frames]}
+        super().__init__(denoiser, settings, folder, device, identity)
+        self.base = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.stream = PairCrops(frames)
+        self.validation = validation_pairs(frames)
+        self.recipe = NeighbourPairDenoising(self)
+        self.resume()
+
+
+@dataclass
+class AdaptOutcome:
+    kept: bool  # the adapted weights were written (they beat the base on the held-out rows, or kept anyway)
+    entry: WeightsEntry | None  # the written weights folder
+    record: dict = field(default_factory=dict)  # what adaptation.json holds
+
+    @property
+    def message(self) -> str:
+        r = self.record
+        change = 100 * (r["pair_loss_adapted"] / r["pair_loss_base"] - 1)
+        scores = (f"held-out pair loss {r['pair_loss_base']:.5f} -> {r['pair_loss_adapted']:.5f} ({change:+.1f} %) "
+                  f"after {r['iterations']} steps, {r['minutes']:.1f} min")
+        if self.kept:
+            return f"adapted weights '{self.entry.name}' written to {self.entry.folder}: {scores}"
+        return (f"not kept: the base weights '{r['base']['name']}' fit these frames better ({scores}); "
+                "keep using them (or pass --keep-anyway)")
+
+
+def training_seconds(steps: list[dict]) -> float:
+    """The time spent in training steps, from the loop's log (across resumed runs)."""
+    done, seconds = 0, 0.0
+    for record in steps:
+        seconds += record["seconds_per_step"] * (record["iteration"] - done)
+        done = record["iteration"]
+    return seconds
+
+
+def work_folder(output: Path) -> Path:
+    """Where an adaptation into `output` keeps its checkpoint and log until it is done."""
+    return output.parent / f".{output.name}.adapting"
+
+
+def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.PathLike | None = None,
+          minutes: float | None = DEFAULT_MINUTES, iterations: int | None = None, device: str = "cpu",
+          keep_anyway: bool = False, restart: bool = False, progress=None, cancel=None,
+          show_progress: bool = False, sources: list[str] | None = None) -> AdaptOutcome:
+    """Fine-tune `base`'s stage 1 on `frames` for up to `iterations` steps or `minutes`, and
+    write it with `base`'s stage 2 as the weights folder `output` (registry name: its folder
+    name) if it beats the base on the held-out rows (or `keep_anyway`). `sources` (e.g. the
+    files' sha256) go on record. A set `cancel` raises `Cancelled` and removes the work."""
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output} already exists: choose another name, or remove it first")
+    if not frames:
+        raise AdaptError("no frames to adapt on")
+    base_entry = resolve(base)
+    settings = SETTINGS if iterations is None else SETTINGS.model_copy(update={"iterations": iterations})
+    work = work_folder(output)
+    if restart:
+        shutil.rmtree(work, ignore_errors=True)
+    loop = Adaptation(frames, base_entry, work, settings, device)
+    before = loop.validate(loop.base)["pair_loss"]
+    try:
+        loop.train(max_minutes=minutes, show_progress=show_progress, progress=progress, cancel=cancel)
+    except BaseException:
+        if cancel is not None and cancel.is_set():
+            shutil.rmtree(work, ignore_errors=True)
+        raise  # anything else (e.g. Ctrl-C) keeps the checkpoint: the same command resumes
+    after = loop.validate()["pair_loss"]
+    log = loop.read_log()
+    steps = [r for r in log if "loss" in r]
+    record = {
+        "method": METHOD,
+        "base": {"name": base_entry.name, "hash": base_entry.short_hash,
+                 "files": {p: f["sha256"] for p, f in base_entry.files.items()}},
+        "frames": [{"name": f.name, "pixels_sha256": f.sha256, "shape": list(f.normalised.shape)} for f in frames],
+        "sources": sources or [],
+        "iterations": loop.iteration,
+        "minutes": round(training_seconds(steps) / 60, 2),
+        "settings": json.loads(settings.model_dump_json(include={"iterations", "batch_size", "learning_rate",
+                                                                    "ema_decay"})) | {"crop": CROP},
+        "loss_curve": [[r["iteration"], round(r["loss"], 6)] for r in steps],
+        "validation_curve": [[r["iteration"], r["validation"]["pair_loss"]] for r in log if "validation" in r],
+        "pair_loss_base": before,
+        "pair_loss_adapted": after,
+        "kept_because": "lower held-out pair loss than the base" if after < before else
+                        ("--keep-anyway" if keep_anyway else None),
+    }
+    if after >= before and not keep_anyway:
+        shutil.rmtree(work, ignore_errors=True)
+        return AdaptOutcome(False, None, record)
+    staging = work / "weights"
+    shutil.rmtree(staging, ignore_errors=True)
+    states = {"denoiser": loop.ema.module.state_dict(), "clsr": load_state(base_entry, "clsr")}
+    write_entry(staging, output.name, base_entry.config, states, base_entry.recommended)
+    (staging / ADAPTATION_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, output)  # the folder appears complete, or not at all
+    shutil.rmtree(work, ignore_errors=True)
+    return AdaptOutcome(True, resolve(output), record)
+
+
+__all__ = ["AdaptError", "AdaptFrame", "AdaptOutcome", "Adaptation", "DEFAULT_MINUTES", "adapt"]
