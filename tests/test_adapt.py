@@ -55,6 +55,8 @@ def test_neighbour_pairs_take_their_pixels_from_different_rows_of_each_cell():
         assert ((rows - cell_rows >= 0) & (rows - cell_rows <= 1)).all()
         assert ((cols - cell_cols >= 0) & (cols - cell_cols <= 1)).all()
     assert (rows1 != rows2).all()  # never the same scan line
+    for rows in (rows1, rows2):  # each sub-image row is one scan line (its offset and correlation kept)
+        assert (rows == rows[..., :1]).all()
     assert len({tuple(c.flatten().tolist()) for c in cols1 - cell_cols}) > 1  # the column is drawn too
     again = pick(index * 2)  # the same pixels from another frame
     assert torch.equal(again[0], first * 2) and torch.equal(again[1], second * 2)

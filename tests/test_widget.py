@@ -297,3 +297,62 @@ def test_compare_after_a_region_run_and_a_new_run_returns_to_the_overlay(setup, 
     run_and_wait(qtbot, widget)  # a new run leaves the grid first, then adds its outputs
     assert not grid.enabled and widget.compare_button.text == "Compare"
     assert shapes.visible
+
+
+def adapt_and_wait(qtbot, widget, timeout=300_000):
+    widget.adapt_button.clicked()
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+@pytest.fixture
+def spiky_layer(setup, monkeypatch, tmp_path):
+    """A frame from a detector with impulsive spikes, and the user's weights folder in tmp_path."""
+    from test_adapt import spiky_frame
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    viewer, widget, _, _ = setup
+    data = spiky_frame()
+    layer = viewer.add_image(data, name="spiky")
+    widget.image.value = layer
+    return viewer, widget, layer, data.copy()
+
+
+def test_adapt_to_this_image_adds_the_weights_chooses_them_and_run_uses_them(spiky_layer, qtbot):
+    from napari_etdms.weights import user_folder
+
+    viewer, widget, layer, original = spiky_layer
+    widget.weights.value = "etdms-sem-v2"  # the shipped weights: spikes are not in their noise model
+    widget.adapt_steps.value = 2
+    adapt_and_wait(qtbot, widget)
+    adapted = widget.weights.value
+    assert adapted.startswith("adapted-spiky-") and adapted in widget.weights.choices, widget.status.value
+    assert (user_folder() / adapted / "adaptation.json").is_file()
+    assert widget.adapt_button.text == "Adapt to this image" and widget.run_button.enabled
+    assert np.array_equal(layer.data, original)
+    widget.super_resolve.value = False
+    run_and_wait(qtbot, widget, timeout=120_000)
+    weights = viewer.layers["spiky denoised"].metadata["weights"]
+    assert weights["name"] == adapted and weights["adapted_from"]["base"]["name"] == "etdms-sem-v2"
+
+
+def test_cancel_adapting_writes_no_weights(spiky_layer, qtbot):
+    from napari_etdms.weights import user_folder
+
+    _, widget, _, _ = spiky_layer
+    widget.adapt_steps.value = 500
+    widget.adapt_button.clicked()
+    qtbot.waitUntil(lambda: widget.progress_bar.value >= 2, timeout=60_000)
+    assert widget.adapt_button.text == "Cancel" and not widget.run_button.enabled
+    widget.adapt_button.clicked()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.status.value == "adapting cancelled" and widget.weights.value == "tiny-test"
+    assert not user_folder().exists() or list(user_folder().iterdir()) == []
+    assert widget.adapt_button.text == "Adapt to this image" and widget.run_button.enabled
+
+
+def test_adapting_on_a_frame_too_small_says_why(setup, qtbot, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    _, widget, _, _ = setup  # a 40x48 frame
+    adapt_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("error:") and "too small to adapt on" in widget.status.value
+    assert widget.adapt_button.text == "Adapt to this image" and not widget.running

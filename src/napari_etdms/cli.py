@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the weights folder to write; its name is the weights' name (default: "
                     "adapted-<first frame> in your weights folder, see etdms info)")
     ad.add_argument("-w", "--weights", help="base weights: registry name or folder (default: the shipped ones)")
-    ad.add_argument("--minutes", type=_positive, default=DEFAULT_MINUTES,
+    ad.add_argument("--minutes", "--max-minutes", type=_positive, default=DEFAULT_MINUTES,
                     help=f"training time budget (default {DEFAULT_MINUTES:g}; about 2.5 s per step on 2 CPU threads)")
     ad.add_argument("--iterations", type=_at_least(1), default=ADAPT_SETTINGS.iterations,
                     help=f"at most this many steps (default {ADAPT_SETTINGS.iterations})")
@@ -395,7 +395,8 @@ def _names(value: str | None) -> list[str]:
 def cmd_adapt(args) -> int:
     from .batch import input_files
     from .pipeline import select_device
-    from .training.adapt import adapt, frames_from_files
+    from .training.adapt import SETTINGS as ADAPT_SETTINGS
+    from .training.adapt import adapt, frames_from_files, work_folder
     from .weights import user_folder
 
     files = input_files(args.inputs)
@@ -406,8 +407,21 @@ def cmd_adapt(args) -> int:
     output = args.output or user_folder() / f"adapted-{files[0].stem}"
     print(f"adapting on {len(frames)} frame(s) from {len(files)} file(s) for up to {args.iterations} steps or "
           f"{args.minutes:g} min", file=sys.stderr)
-    outcome = adapt(frames, output, args.weights, args.minutes, args.iterations, str(select_device(args.device)),
-                    args.keep_anyway, args.restart, show_progress=sys.stderr.isatty(), sources=sources)
+    started, tty = time.monotonic(), sys.stderr.isatty()
+
+    def log_line(done: int, total: int) -> None:  # piped to a log: a line every 10 steps instead of a bar
+        if not tty and (done % 10 == 0 or done == total):
+            elapsed = time.monotonic() - started
+            left = min(elapsed * (total - done) / done, max(0.0, 60 * args.minutes - elapsed))
+            print(f"adapt: step {done}/{total}, about {left / 60:.1f} min left", file=sys.stderr, flush=True)
+
+    try:
+        outcome = adapt(frames, output, args.weights, args.minutes, args.iterations, str(select_device(args.device)),
+                        args.keep_anyway, args.restart, progress=log_line, show_progress=tty, sources=sources)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint (every {ADAPT_SETTINGS.checkpoint_every} steps) is kept in "
+              f"{work_folder(output)}; the same command resumes from it (--restart starts again)", file=sys.stderr)
+        return EXIT_ERROR
     print(outcome.message)
     if not outcome.kept:
         return EXIT_NOT_KEPT

@@ -22,6 +22,7 @@ from ..metrics import psnr, ssim
 from ..noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
+
 # below this level (about 1 % of the range) crops count as much as a crop at this level
 LEVEL_WEIGHT_FLOOR = 0.01
 
@@ -160,16 +161,18 @@ def neighbour_pairs(y: torch.Tensor, generator: torch.Generator):
     different rows of each 2x2 cell, and the function that takes the same pixels from any
     frame of that shape. SEM noise is correlated along the scan line, so two pixels of one row
     share noise; pixels of different rows do not (Neighbor2Neighbor, with the pair's rows
-    forced apart)."""
+    forced apart). Each sub-image row is every other pixel of ONE scan line (row and column
+    parity drawn per row, not per cell), so a line's offset and correlation stay as the
+    full frame has them: the network is fine-tuned on the noise it will meet."""
     b, c, h, w = y.shape
 
     def cells(x):  # (B, C, H/2, W/2, 4): each 2x2 cell's pixels, row-major (top-left, top-right, ...)
         return x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
 
-    shape = (b, c, h // 2, w // 2)
-    first_row = torch.randint(0, 2, shape, generator=generator)
-    first = first_row * 2 + torch.randint(0, 2, shape, generator=generator)
-    second = (1 - first_row) * 2 + torch.randint(0, 2, shape, generator=generator)
+    shape, per_row = (b, c, h // 2, w // 2), (b, c, h // 2, 1)
+    first_row = torch.randint(0, 2, per_row, generator=generator)
+    first = (first_row * 2 + torch.randint(0, 2, per_row, generator=generator)).expand(shape)
+    second = ((1 - first_row) * 2 + torch.randint(0, 2, per_row, generator=generator)).expand(shape)
     first, second = first.to(y.device), second.to(y.device)
 
     def pick(x):
@@ -185,22 +188,41 @@ class NeighbourPairDenoising:
     al. 2021) ties the sub-image task to the denoised full frame. Validation: the pair loss on
     fixed held-out pairs, which falls exactly when the true error does."""
 
-    def __init__(self, trainer, regularisation: float = 1.0, seed: int = 0):
+    def __init__(self, trainer, regularisation: float = 1.0, extra_noise: float = 0.0, seed: int = 0):
         self.trainer = trainer
         self.regularisation = regularisation
+        self.extra_noise = extra_noise
         self.generator = torch.Generator().manual_seed(seed)
 
     @staticmethod
-    def _denoise(model, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        gain, offset = (batch[key].view(-1, 1, 1, 1).double() for key in ("gain", "offset"))
+    def _denoise(model, x: torch.Tensor, batch: dict, offset: torch.Tensor | None = None) -> torch.Tensor:
+        gain = batch["gain"].view(-1, 1, 1, 1).double()
+        offset = batch["offset"].view(-1, 1, 1, 1).double() if offset is None else offset
         return apply_denoiser(model, x, gain, offset).float()
+
+    def _noisier(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half the crops with extra Gaussian noise, up to `extra_noise` x their own noise std at
+        mid-grey, and the noise model that says so: a frame gives one noise level, and fine-tuned
+        on one level the network would unlearn what the level input means. The pair's target
+        stays the original pixels, whose noise is independent of the input's."""
+        noisy = batch["noisy"]
+        gain, offset = (batch[key].view(-1, 1, 1, 1).double() for key in ("gain", "offset"))
+        shape = (noisy.shape[0], 1, 1, 1)
+        factor = torch.rand(shape, generator=self.generator) * self.extra_noise
+        factor *= torch.rand(shape, generator=self.generator) < 0.5
+        extra_variance = (factor.double().to(noisy.device) ** 2) * (0.5 * gain + offset).clamp(min=0.0)
+        # [0, 1]-scale variance -> [-1, 1]-scale standard deviation: x 2
+        noise = torch.randn(noisy.shape, generator=self.generator).to(noisy.device)
+        return noisy + (2.0 * extra_variance.sqrt()).float() * noise, offset + extra_variance
 
     def loss(self, batch: dict) -> torch.Tensor:
         model = self.trainer.model
+        noisier, offset = self._noisier(batch) if self.extra_noise else (batch["noisy"], None)
         first, second, pick = neighbour_pairs(batch["noisy"], self.generator)
-        restored = self._denoise(model, first, batch)
+        first = pick(noisier)[0]
+        restored = self._denoise(model, first, batch, offset)
         with torch.no_grad():
-            whole_first, whole_second = pick(self._denoise(model, batch["noisy"], batch))
+            whole_first, whole_second = pick(self._denoise(model, noisier, batch, offset))
         gap = restored - second
         return gap.square().mean() + self.regularisation * F.mse_loss(gap, whole_first - whole_second)
 
