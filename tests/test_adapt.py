@@ -147,3 +147,20 @@ def test_an_interrupted_adaptation_resumes_only_on_the_same_frames_and_base(nois
     other = AdaptFrame.from_image(spiky_frame(seed=1), "g")
     with pytest.raises(CheckpointMismatch, match="belongs to another job"):
         Adaptation([other], noise_aware_weights, tmp_path / "work", settings)
+
+
+def test_the_widget_job_adapts_on_every_slice_of_a_stack(noise_aware_weights, tmp_path):
+    from napari_etdms.plugin.worker import AdaptJob, Progress, adapt_job
+
+    stack = [spiky_frame(seed=0), spiky_frame(seed=1)]
+    job = AdaptJob(stack, "stack", str(noise_aware_weights.folder), tmp_path / "adapted", "cpu", 10.0, 2)
+    run = adapt_job(job, threading.Event())
+    reports = []
+    try:
+        while True:
+            reports.append(next(run))
+    except StopIteration as done:
+        outcome = done.value
+    assert [r.done for r in reports] == [1, 2] and all(isinstance(r, Progress) for r in reports)
+    assert [f["name"] for f in outcome.record["frames"]] == ["stack[0]", "stack[1]"]
+    assert outcome.record["iterations"] == 2 and outcome.record["sources"] == [{"layer": "stack"}]
