@@ -43,9 +43,9 @@ from napari_etdms.frames import load_normalised
 from napari_etdms.training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt
 
 ADAPT_FRAME = "vquentin-auriga__examples__ADB1_28.tif"
-SCORED = ["nasa-pmm__040617_3_S0410019.tif", "nasa-pmm__050317_3_S0440026.tif", "nasa-pmm__111418_4_1426_100Cyc0034.tif",
-          "llnl-list__sample_data__image_c_01.tif", "vquentin-auriga__examples__WF69_18.tif",
-          "lungcells-sem__DC__NiO_DC_12000x_C.tif"]
+SCORED = ["nasa-pmm__040617_3_S0410019.tif", "nasa-pmm__050317_3_S0440026.tif",
+          "nasa-pmm__111418_4_1426_100Cyc0034.tif", "llnl-list__sample_data__image_c_01.tif",
+          "vquentin-auriga__examples__WF69_18.tif", "lungcells-sem__DC__NiO_DC_12000x_C.tif"]
 DETECTORS = {
     "spiky": dict(electrons=100, read_sigma=0.01, line_correlation=2.0, row_offset=0.02, spikes=0.02),
     "trained": dict(electrons=100, read_sigma=0.02, line_correlation=1.0, row_offset=0.01, spikes=0.0),
@@ -83,7 +83,8 @@ def stage1_psnr(pipe: Pipeline, clean: list[np.ndarray], noisy: list[np.ndarray]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
-    parser.add_argument("--frames-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/sem-train")
+    parser.add_argument("--frames-dir", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared/data/sem-train")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
