@@ -62,12 +62,28 @@ def test_neighbour_pairs_take_their_pixels_from_different_rows_of_each_cell():
     assert torch.equal(again[0], first * 2) and torch.equal(again[1], second * 2)
 
 
-def test_validation_pairs_come_from_the_held_out_bottom_rows():
-    frame = AdaptFrame.from_image(spiky_frame((200, 300)), "f")
+def test_the_held_out_band_has_detail_and_no_training_crop_touches_it():
+    image = spiky_frame((400, 300))
+    image[-150:] = 0  # a black bottom, as under many Zeiss frames' data zones
+    frame = AdaptFrame.from_image(image, "f")
+    assert frame.band + VALIDATION_ROWS // 2 <= 250  # under half of the band is black
+    assert frame.pieces == (0, 128)  # 300 px wide: two 128 px pieces
+    starts = frame.crop_starts()
+    assert all(s + 128 <= frame.band or s >= frame.band + VALIDATION_ROWS for s in starts)
+    assert len(starts) > 0 and starts.max() == 400 - 128
     pairs = validation_pairs([frame])
-    assert pairs["first"].shape == (2, 1, VALIDATION_ROWS // 2, 64)  # 300 px wide: two 128 px pieces
-    band = torch.from_numpy(frame.normalised[-VALIDATION_ROWS:])
+    assert pairs["first"].shape == (2, 1, VALIDATION_ROWS // 2, 64)
+    band = torch.from_numpy(frame.normalised[frame.band : frame.band + VALIDATION_ROWS])
     assert set(pairs["first"].flatten().tolist()) <= set(band.flatten().tolist())
+    plain = AdaptFrame.from_image(spiky_frame((400, 300)), "g")
+    assert plain.band == 400 - VALIDATION_ROWS  # with detail everywhere: the bottom rows
+
+
+def test_frames_without_detail_to_hold_out_are_refused():
+    image = spiky_frame()
+    image[:, :] = np.where(np.arange(image.shape[1]) % 2, 255, 0)  # two values only: every pixel extreme
+    with pytest.raises(AdaptError, match="no held-out rows with content"):
+        validation_pairs([AdaptFrame.from_image(image, "f")])
 
 
 def test_adapt_cli_writes_weights_with_provenance_that_infer_uses(frame_file, noise_aware_weights, tmp_path,

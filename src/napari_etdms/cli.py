@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt stage 1 to your microscope, on your own noisy frames (no clean frames needed)",
         description="Fine-tune the denoiser of the base weights on your noisy frames alone (self-supervised, "
         "row-pair Neighbor2Neighbor: correct for noise correlated along the scan line) and write a weights folder "
-        "that infer -w and the napari widget load like any other, with stage 2 of the base weights. The bottom "
-        f"{VALIDATION_ROWS} rows of each frame are held out: the adapted weights are written only if they denoise "
+        "that infer -w and the napari widget load like any other, with stage 2 of the base weights. A band of "
+        f"{VALIDATION_ROWS} rows of each frame is held out: the adapted weights are written only if they denoise "
         f"those better than the base (otherwise exit {EXIT_NOT_KEPT}, nothing written). An interrupted run "
         "resumes when the same command is given again.",
     )

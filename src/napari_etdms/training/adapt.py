@@ -11,8 +11,8 @@ strong line offsets; drawn per row, 0.35 dB). Half the crops get extra noise (to
 network), so it keeps its meaning of the noise level. The frames are normalised and told
 their estimated noise exactly as `Pipeline.run` does.
 
-Guard: the bottom rows of every frame are held out, and the adapted weights are kept only if
-their pair loss there (the sub-image error plus a constant) is below the base's. It rejects
+Guard: a band of rows of every frame is held out (its pieces with content), and the adapted
+weights are kept only if their pair loss there (the sub-image error plus a constant) is below the base's. It rejects
 adapting that did not help at all; it does not catch a small loss at full resolution where
 the base already fits the noise well (bench_adapt.py's "rows" detector).
 
@@ -47,7 +47,7 @@ from .trainer import StageConfig
 METHOD = ("Neighbor2Neighbor (self-supervised) with scan-line pairs: the pair's pixels from different rows, each "
           "sub-image row from one scan line; regulariser weight 1; extra noise of up to 1x on half the crops")
 CROP = 128  # training crops (px, square)
-VALIDATION_ROWS = 64  # the held-out band at the bottom of each frame
+VALIDATION_ROWS = 64  # the held-out band of each frame
 VALIDATION_WIDTH = 128  # the band is cut into pieces of this width
 MIN_HEIGHT, MIN_WIDTH = CROP + VALIDATION_ROWS, CROP
 # half the training crops get extra noise of up to this many times their own (see the recipe):
@@ -74,6 +74,8 @@ class AdaptFrame:
     offset: float
     name: str
     sha256: str  # of the frame's pixels (dtype, shape and bytes)
+    band: int  # first row of the held-out band (VALIDATION_ROWS rows)
+    pieces: tuple[int, ...]  # first column of each VALIDATION_WIDTH-wide piece of the band the guard scores
 
     @classmethod
     def from_image(cls, image, name: str) -> AdaptFrame:
@@ -86,11 +88,32 @@ class AdaptFrame:
         digest = hashlib.sha256(f"{frame.dtype.str}{frame.shape}".encode())
         digest.update(np.ascontiguousarray(frame).tobytes())
         return cls(mapping.forward(frame).astype(np.float32), float(noise.gain), float(noise.offset), name,
-                   digest.hexdigest())
+                   digest.hexdigest(), *held_out_band(frame))
 
-    @property
-    def training_rows(self) -> int:
-        return self.normalised.shape[0] - VALIDATION_ROWS
+    def crop_starts(self) -> np.ndarray:
+        """The rows a training crop may start at: every crop misses the held-out band."""
+        height = self.normalised.shape[0]
+        above = np.arange(0, self.band - CROP + 1)
+        below = np.arange(self.band + VALIDATION_ROWS, height - CROP + 1)
+        return np.concatenate([above, below])
+
+
+def held_out_band(frame: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """The band of rows held out for the guard, and its pieces with content. A piece has
+    content when under half its pixels sit at the frame's darkest or brightest value: a
+    clipped or black area (a cavity, the bottom of a Zeiss data zone) tests no denoiser. The
+    band with the most such pieces wins, the lowest of equals; it leaves CROP rows to train on."""
+    height, width = frame.shape
+    extreme = (frame == frame.min()) | (frame == frame.max())
+    best: tuple[int, tuple[int, ...]] | None = None
+    for y in range(height - VALIDATION_ROWS, -1, -VALIDATION_ROWS // 2):  # from the bottom up
+        if max(y, height - y - VALIDATION_ROWS) < CROP:
+            continue
+        pieces = tuple(x for x in range(0, width - VALIDATION_WIDTH + 1, VALIDATION_WIDTH)
+                       if extreme[y : y + VALIDATION_ROWS, x : x + VALIDATION_WIDTH].mean() < 0.5)
+        if best is None or len(pieces) > len(best[1]):
+            best = (y, pieces)
+    return best
 
 
 def frames_from_files(files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[AdaptFrame], list[dict]]:
@@ -115,14 +138,16 @@ class PairCrops(torch.utils.data.IterableDataset):
     def __init__(self, frames: list[AdaptFrame], seed: int = 0):
         self.frames = frames
         self.seed = seed
-        areas = np.array([f.training_rows * f.normalised.shape[1] for f in frames], dtype=np.float64)
+        self.starts = [f.crop_starts() for f in frames]
+        areas = np.array([len(s) * f.normalised.shape[1] for s, f in zip(self.starts, frames)], dtype=np.float64)
         self.weights = areas / areas.sum()
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
         while True:
-            frame = self.frames[int(rng.choice(len(self.frames), p=self.weights))]
-            y = int(rng.integers(0, frame.training_rows - CROP + 1))
+            index = int(rng.choice(len(self.frames), p=self.weights))
+            frame = self.frames[index]
+            y = int(rng.choice(self.starts[index]))
             x = int(rng.integers(0, frame.normalised.shape[1] - CROP + 1))
             crop = frame.normalised[y : y + CROP, x : x + CROP]
             if rng.random() < 0.5:
@@ -131,14 +156,17 @@ class PairCrops(torch.utils.data.IterableDataset):
 
 
 def validation_pairs(frames: list[AdaptFrame], seed: int = 12345) -> dict:
-    """Fixed neighbour pairs from each frame's held-out bottom rows, for the guard."""
+    """Fixed neighbour pairs from the pieces of each frame's held-out band, for the guard."""
     pieces, gains, offsets = [], [], []
     for frame in frames:
-        band = frame.normalised[-VALIDATION_ROWS:]
-        for x in range(0, band.shape[1] - VALIDATION_WIDTH + 1, VALIDATION_WIDTH):
+        band = frame.normalised[frame.band : frame.band + VALIDATION_ROWS]
+        for x in frame.pieces:
             pieces.append(torch.from_numpy(band[:, x : x + VALIDATION_WIDTH].copy())[None])
             gains.append(frame.gain)
             offsets.append(frame.offset)
+    if not pieces:
+        raise AdaptError("no held-out rows with content to check the adapted weights on: the frames are mostly "
+                         "clipped, black or white; adapt on frames with detail")
     first, second, _ = neighbour_pairs(torch.stack(pieces), torch.Generator().manual_seed(seed))
     return {"first": first, "second": second, "gain": torch.tensor(gains, dtype=torch.float64),
             "offset": torch.tensor(offsets, dtype=torch.float64)}
@@ -228,7 +256,8 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
         "method": METHOD,
         "base": {"name": base_entry.name, "hash": base_entry.short_hash,
                  "files": {p: f["sha256"] for p, f in base_entry.files.items()}},
-        "frames": [{"name": f.name, "pixels_sha256": f.sha256, "shape": list(f.normalised.shape)} for f in frames],
+        "frames": [{"name": f.name, "pixels_sha256": f.sha256, "shape": list(f.normalised.shape),
+                    "held_out_rows": [f.band, f.band + VALIDATION_ROWS]} for f in frames],
         "sources": sources or [],
         "iterations": loop.iteration,
         "minutes": round(training_seconds(steps) / 60, 2),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import json
 import math
 import os
@@ -85,6 +86,24 @@ def lead_decides(value: float, device: str | torch.device = "cpu") -> float:
     shared = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.broadcast(shared, src=0)
     return float(shared.item())
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def reuse_freed_memory() -> None:
+    """Let glibc serve the large, short-lived buffers of attention from its heap (mmap
+    threshold at its 32 MiB maximum, up to 1 GiB of freed heap kept) instead of mapping and
+    unmapping fresh pages for each: an adaptation step on 2 CPU threads took 5.5 s with the
+    defaults, 3.0 s with these (2.1 s under tcmalloc). A no-op without glibc's mallopt."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TOP_PAD, 64 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 class CheckpointMismatch(ValueError):
@@ -221,6 +240,8 @@ class TrainingLoop:
         bar = tqdm(total=total, initial=self.iteration, desc=self.label, disable=not show_progress or not is_lead())
         losses: list[float] = []
         started = time.monotonic()
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.net.train()
         if self.iteration < total:
             self.on_start()
