@@ -10,6 +10,7 @@ from napari_etdms.plugin import worker as worker_module
 from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
 from napari_etdms.plugin.widget import _pyramid
 from napari_etdms.plugin.worker import Job, run_job
+from napari_etdms.settings import RunSettings
 
 
 def test_x4_geometry_puts_subpixels_inside_their_input_pixel():
@@ -46,7 +47,7 @@ def _drain(generator):
 def test_job_yields_progress_and_returns_results(tiny_weights):
     worker_module.load_pipeline.cache_clear()
     job = Job([sem_like((32, 32)), sem_like((32, 32), seed=1)], str(tiny_weights.folder), "cpu", "float32",
-              dict(sampler="ddim", steps=2, tile=32, overlap=8))
+              RunSettings(sampler="ddim", steps=2, tile=32, overlap=8))
     events, results = _drain(run_job(job, threading.Event()))
     assert len(results) == 2 and results[1].super_resolved.shape == (128, 128)
     assert [e.frame for e in events][0] == 0 and events[-1].frame == 1
@@ -56,7 +57,7 @@ def test_job_yields_progress_and_returns_results(tiny_weights):
 def test_cancelled_job_returns_nothing(tiny_weights):
     cancel = threading.Event()
     job = Job([sem_like((32, 32))], str(tiny_weights.folder), "cpu", "float32",
-              dict(sampler="ddim", steps=50, tile=32, overlap=8))
+              RunSettings(sampler="ddim", steps=50, tile=32, overlap=8))
     generator = run_job(job, cancel)
     next(generator)
     cancel.set()
@@ -70,27 +71,27 @@ def test_out_of_memory_retries_with_smaller_batches(monkeypatch):
     class FakePipeline:
         auto_batch_size = 8
 
-        def run(self, frame, batch_size, **kwargs):
-            calls.append(batch_size)
-            if batch_size > 2:
+        def run_with(self, frame, settings, **kwargs):
+            calls.append(settings.batch_size)
+            if settings.batch_size > 2:
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
             return "ok"
 
-    assert worker_module._run_with_backoff(FakePipeline(), None, {"batch_size": 8}) == "ok"
+    assert worker_module._run_with_backoff(FakePipeline(), None, RunSettings(batch_size=8)) == "ok"
     assert calls == [8, 4, 2]
     calls.clear()
-    assert worker_module._run_with_backoff(FakePipeline(), None, {"batch_size": 0}) == "ok"  # 0: auto
+    assert worker_module._run_with_backoff(FakePipeline(), None, RunSettings()) == "ok"  # None: auto
     assert calls == [8, 4, 2]
 
     class AlwaysOOM(FakePipeline):
-        def run(self, frame, batch_size, **kwargs):
+        def run_with(self, frame, settings, **kwargs):
             raise RuntimeError("out of memory")
 
     with pytest.raises(MemoryError, match="smaller region or tile"):
-        worker_module._run_with_backoff(AlwaysOOM(), None, {"batch_size": 2})
+        worker_module._run_with_backoff(AlwaysOOM(), None, RunSettings(batch_size=2))
     class OtherFailure(FakePipeline):
-        def run(self, frame, batch_size, **kwargs):
+        def run_with(self, frame, settings, **kwargs):
             raise RuntimeError("other failure")
 
     with pytest.raises(RuntimeError, match="other failure"):
-        worker_module._run_with_backoff(OtherFailure(), None, {})
+        worker_module._run_with_backoff(OtherFailure(), None, RunSettings())

@@ -84,6 +84,16 @@ def test_errors_reset_the_widget(setup, qtbot):
     assert "flat denoised" not in [lay.name for lay in viewer.layers]
 
 
+def test_settings_that_do_not_fit_together_are_refused_before_any_work(setup):
+    viewer, widget, _, _ = setup
+    before = [lay.name for lay in viewer.layers]
+    widget.tile.value, widget.overlap.value = 32, 32
+    widget.run_button.clicked()
+    assert not widget.running and widget.run_button.text == "Run"
+    assert "overlap must be in [0, tile)" in widget.status.value
+    assert [lay.name for lay in viewer.layers] == before
+
+
 def test_shapes_region_places_the_crop_in_place(setup, qtbot):
     viewer, widget, layer, _ = setup
     shapes = viewer.add_shapes([[[100 + 5 * 10, 20 + 5 * 12], [100 + 5 * 30, 20 + 5 * 40]]], shape_type="rectangle")

@@ -254,13 +254,18 @@ def _progress_bar(desc: str):
 
 
 def _load_pipeline(args):
-    """The chosen weights; weights folders that cannot be read are named, never skipped silently."""
+    """The chosen weights; weights folders that cannot be read are named, never skipped silently.
+    The search path is scanned once, for both."""
     from .pipeline import Pipeline
-    from .weights import broken_folders
+    from .weights import DEFAULT_WEIGHTS, scan
 
-    for reason in broken_folders().values():
+    entries, broken = scan()
+    for reason in broken.values():
         print(f"warning: skipped a broken weights folder: {reason}", file=sys.stderr)
-    return Pipeline.from_pretrained(args.weights, device=args.device, precision=args.precision)
+    name = args.weights or DEFAULT_WEIGHTS
+    # as `weights.resolve` decides: a folder first, then a registry name (else its error)
+    chosen = entries[name].folder if name in entries and not Path(name).is_dir() else name
+    return Pipeline.from_pretrained(chosen, device=args.device, precision=args.precision)
 
 
 def _infer_files(args, files: list[Path]) -> int:
@@ -282,7 +287,7 @@ def _infer_files(args, files: list[Path]) -> int:
             frame = read_frame(path, args.max_pixels)
             bar, update = _progress_bar(path.name)
             try:
-                result = pipeline.run(frame.data, seed=args.seed, progress=update, **_run_options(args))
+                result = pipeline.run_with(frame.data, args.settings, progress=update)
             finally:
                 bar.close()
             provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
@@ -530,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if hasattr(args, "no_sr"):  # a command that runs the pipeline: its settings checked once, before any work
         try:
-            RunSettings(seed=args.seed, **_run_options(args))
+            args.settings = RunSettings(seed=args.seed, **_run_options(args))
         except ValueError as err:
             parser.error(str(err))  # a usage error: exit 2
     try:

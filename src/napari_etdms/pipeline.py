@@ -271,6 +271,12 @@ class Pipeline:
         settings = RunSettings(denoise=denoise, super_resolve=super_resolve, sampler=sampler, steps=steps, eta=eta,
                                seed=seed, samples=samples, data_consistency=data_consistency, strength=strength,
                                tile=tile, overlap=overlap, batch_size=batch_size)
+        return self.run_with(image, settings, noise, progress, cancel)
+
+    def run_with(self, image, settings: RunSettings, noise: NoiseModel | None = None,
+                 progress: ProgressCallback | None = None, cancel=None) -> Result:
+        """`run` with its settings as one validated `RunSettings` (as the CLI and the widget
+        build them once, before any work)."""
         plan = self.plan(image, settings)
         ticker = _Ticker(plan.total_batches, progress, cancel)
         frame, settings = plan.frame, plan.settings

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from .. import __version__
 from ..diffusion import DEFAULT_PRESET, SAMPLERS
 from ..pipeline import Result
-from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE
+from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 from ..training.adapt import DEFAULT_MINUTES
 from ..training.adapt import SETTINGS as ADAPT_SETTINGS
 from ..weights import DEFAULT_WEIGHTS, available, user_folder
@@ -352,18 +352,24 @@ class ETDMSWidget(QWidget):
         except ValueError as err:
             show_error(f"ETDMS: {err}")
             return
-        options = dict(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
-                       sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
-                       samples=self.samples.value, data_consistency=self.data_consistency.value,
-                       tile=self.tile.value, overlap=self.overlap.value,
-                       batch_size=self.batch_size.value, strength=round(float(self.strength.value), 3))
-        if not (options["denoise"] or options["super_resolve"]):
+        if not (self.denoise.value or self.super_resolve.value):
             show_error("ETDMS: choose at least one stage (denoise or super-resolve)")
             return
+        try:  # checked together before any work, as the CLI checks them
+            settings = RunSettings(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
+                                   sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
+                                   samples=self.samples.value, data_consistency=self.data_consistency.value,
+                                   tile=self.tile.value, overlap=self.overlap.value,
+                                   batch_size=self.batch_size.value or None,  # 0: auto
+                                   strength=round(float(self.strength.value), 3))
+        except ValueError as err:
+            show_error(f"ETDMS: {err}")
+            self.status.value = f"error: {err}"
+            return
         self._save_settings()
-        job = Job(frames, weights, self.device.value, self.precision.value, options, noise_frames)
+        job = Job(frames, weights, self.device.value, self.precision.value, settings, noise_frames)
         context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
-                   "region": self.region.value, "options": options, "noise_from_whole": noise_frames is not None}
+                   "region": self.region.value, "noise_from_whole": noise_frames is not None}
         self._start(lambda cancel: run_job(job, cancel), lambda outcome: self._finish(outcome, context),
                     self.run_button, "loading weights...")
 

@@ -9,13 +9,14 @@ import functools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..noise import frame_noise
 from ..pipeline import Pipeline, Result
+from ..settings import DEFAULTS, RunSettings
 from ..tiling import Cancelled
 
 
@@ -35,7 +36,7 @@ class Job:
     weights: str | None
     device: str = "auto"
     precision: str = "auto"
-    options: dict = field(default_factory=dict)  # Pipeline.run keyword arguments
+    settings: RunSettings = DEFAULTS
     # per frame, a larger frame to estimate its noise on (a region's whole slice); None: itself
     noise_frames: list[np.ndarray] | None = None
 
@@ -51,12 +52,12 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def _run_with_backoff(pipeline: Pipeline, frame: np.ndarray, options: dict, **kwargs) -> Result:
+def _run_with_backoff(pipeline: Pipeline, frame: np.ndarray, settings: RunSettings, **kwargs) -> Result:
     """On GPU out-of-memory, retry with half the tile batch before giving up."""
-    batch = options.get("batch_size") or pipeline.auto_batch_size
+    batch = settings.batch_size or pipeline.auto_batch_size
     while True:
         try:
-            return pipeline.run(frame, **{**options, "batch_size": batch}, **kwargs)
+            return pipeline.run_with(frame, replace(settings, batch_size=batch), **kwargs)
         except (RuntimeError, MemoryError) as err:
             if not _is_out_of_memory(err) or batch == 1:
                 if _is_out_of_memory(err):
@@ -117,7 +118,7 @@ def run_job(job: Job, cancel: threading.Event):
                 report(Progress(done, total, stage, index, len(job.frames), _eta(started, overall)))
 
             noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
-            results.append(_run_with_backoff(pipeline, frame, job.options, noise=noise, progress=progress,
+            results.append(_run_with_backoff(pipeline, frame, job.settings, noise=noise, progress=progress,
                                              cancel=cancel))
         return results
 
