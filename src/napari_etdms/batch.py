@@ -4,17 +4,36 @@ Everything that can be checked is checked before any compute: the output folder 
 writable), each input's output files (not an input, not another input's, not already there
 unless overwriting), and our own stale temporaries are cleared. Each input's outputs are then
 written as one set, all or nothing, so old and new outputs never mix.
+
+The files run here one after another, or as one task per file on a `dask.distributed`
+cluster (`run_distributed`): each worker process loads the model once and writes the
+outputs itself, so the output folder must be one the workers can reach (a shared drive).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import is_our_output, iter_image_files, remove_stale_temporaries, tiff_writer, write_files_atomically
-from .pipeline import Result
+from .io import (
+    DEFAULT_MAX_PIXELS,
+    ReadError,
+    is_our_output,
+    iter_image_files,
+    read_frame,
+    remove_stale_temporaries,
+    tiff_writer,
+    write_files_atomically,
+)
+from .pipeline import Pipeline, Result
+from .settings import DEFAULTS, RunSettings
+
+# what fails one file and lets the batch go on (anything else stops the batch)
+FILE_ERRORS = (ReadError, ValueError, FileExistsError, MemoryError, OSError)
 
 OUTPUT_NAMES = {  # Result field -> file name suffix
     "denoised": "denoised",
@@ -95,3 +114,64 @@ def write_outputs(job: FileJob, result: Result, pixel_size_nm: float | None, pro
         pixel = pixel_size_nm / scale if pixel_size_nm else None
         writes[out] = tiff_writer(out, data, pixel, provenance | {"layer": field})
     return write_files_atomically(writes, overwrite=overwrite)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every file of a batch runs with (sent to each worker of a cluster)."""
+
+    weights: str | None = None  # registry name or folder
+    device: str = "auto"
+    precision: str = "auto"
+    settings: RunSettings = DEFAULTS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    # torch CPU threads in each process (None: torch's default; dask workers default to 1).
+    # Float sums depend on the thread count: the same count gives bit-identical outputs.
+    threads: int | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def cached_pipeline(weights: str | None, device: str, precision: str) -> Pipeline:
+    """One model per process: a cluster worker loads it for its first file and keeps it."""
+    return Pipeline.from_pretrained(weights, device=device, precision=precision)
+
+
+def process_file(job: FileJob, batch: BatchSettings, pipeline: Pipeline | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> str:
+    """Read one input, run it, write its outputs as one set; returns the line to report.
+    Raises one of FILE_ERRORS when this input fails."""
+    if job.problem:
+        raise ValueError(job.problem)
+    if batch.threads:
+        import torch
+
+        torch.set_num_threads(batch.threads)
+    frame = read_frame(job.source, batch.max_pixels)
+    pipeline = pipeline or cached_pipeline(batch.weights, batch.device, batch.precision)
+    result = pipeline.run_with(frame.data, batch.settings, progress=progress)
+    provenance = result.metadata | {"source": str(job.source), "source_pixel_size_nm": frame.pixel_size_nm}
+    write_outputs(job, result, frame.pixel_size_nm, provenance, batch.overwrite)
+    mapped = result.metadata["intensity_map"]
+    return (f"done in {sum(result.metadata['timings'].values()):.1f} s "
+            f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})")
+
+
+def run_distributed(jobs: list[FileJob], batch: BatchSettings, client,
+                    report: Callable[[Path, str | None, BaseException | None], None]) -> int:
+    """One task per file on a dask.distributed `client`; `report(source, line, error)` as
+    each file finishes (in the order they finish). Returns the number of failed files: a
+    failing file, even a worker lost on it, is reported and the others go on."""
+    from distributed import as_completed
+
+    futures = {client.submit(process_file, job, batch, pure=False, key=f"etdms-{i}-{job.source.name}"): job
+               for i, job in enumerate(jobs)}
+    failures = 0
+    for future in as_completed(futures):
+        job = futures[future]
+        try:
+            report(job.source, future.result(), None)
+        except Exception as err:  # raised on a worker, or the worker died
+            failures += 1
+            report(job.source, None, err)
+    return failures

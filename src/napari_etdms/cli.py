@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
                        help="refuse frames whose file header declares more pixels, before decoding "
                             f"(default {DEFAULT_MAX_PIXELS:,}: 32768 x 32768)")
+    cluster = infer.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="send the files to a running dask.distributed scheduler (e.g. tcp://host:8786), one "
+                         "task per file; each worker loads the model once and writes to --output, which the "
+                         "workers must reach (napari-etdms[distributed])")
+    cluster.add_argument("--workers", type=_at_least(1), metavar="N",
+                         help="run the files on N worker processes of a local dask.distributed cluster")
+    infer.add_argument("--threads", type=_at_least(1), metavar="N",
+                       help="CPU threads per process (default: torch's; dask workers: 1). Float sums depend on it: "
+                       "the same count gives bit-identical outputs on a cluster and here")
     _add_run_options(infer)
 
     demo = sub.add_parser("demo", help="run the shipped model on the bundled sample frame(s)")
@@ -269,38 +279,62 @@ def _load_pipeline(args):
 
 
 def _infer_files(args, files: list[Path]) -> int:
-    from .batch import OutputFolderError, plan, write_outputs
-    from .io import ReadError, read_frame
+    from .batch import FILE_ERRORS, BatchSettings, OutputFolderError, plan, process_file
 
     try:
         jobs = plan(files, args.output, args.overwrite)
     except OutputFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    pipeline = _load_pipeline(args)
-    failures = 0
-    for job in jobs:
-        path = job.source
-        try:
-            if job.problem:
-                raise ValueError(job.problem)
-            frame = read_frame(path, args.max_pixels)
-            bar, update = _progress_bar(path.name)
+    batch = BatchSettings(args.weights, args.device, args.precision, args.settings, args.max_pixels, args.overwrite,
+                          getattr(args, "threads", None))
+    if getattr(args, "scheduler", None) or getattr(args, "workers", None):
+        failures = _infer_distributed(args, jobs, batch)
+    else:
+        pipeline = _load_pipeline(args)
+        failures = 0
+        for job in jobs:
+            bar, update = _progress_bar(job.source.name)
             try:
-                result = pipeline.run_with(frame.data, args.settings, progress=update)
+                line = process_file(job, batch, pipeline, update)
+            except FILE_ERRORS as err:
+                failures += 1
+                print(f"{job.source}: error: {err}", file=sys.stderr, flush=True)
+                continue
             finally:
                 bar.close()
-            provenance = result.metadata | {"source": str(path), "source_pixel_size_nm": frame.pixel_size_nm}
-            write_outputs(job, result, frame.pixel_size_nm, provenance, args.overwrite)
-            mapped = result.metadata["intensity_map"]
-            print(f"{path}: done in {sum(result.metadata['timings'].values()):.1f} s -> {args.output} "
-                  f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})", flush=True)
-        except (ReadError, ValueError, FileExistsError, MemoryError, OSError) as err:
-            failures += 1
-            print(f"{path}: error: {err}", file=sys.stderr, flush=True)
+            print(f"{job.source}: {line} -> {args.output}", flush=True)
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return EXIT_ERROR if failures else EXIT_OK
+
+
+def _infer_distributed(args, jobs, batch) -> int:
+    """The batch on a dask.distributed cluster: a running scheduler, or N local worker processes."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("--scheduler and --workers need dask.distributed: "
+                         "pip install 'napari-etdms[distributed]'") from None
+    from .batch import run_distributed
+
+    done = 0
+
+    def report(source, line, error):
+        nonlocal done
+        done += 1
+        if error is None:
+            print(f"[{done}/{len(jobs)}] {source}: {line} -> {args.output}", flush=True)
+        else:
+            print(f"[{done}/{len(jobs)}] {source}: error: {type(error).__name__}: {error}", file=sys.stderr,
+                  flush=True)
+
+    if args.scheduler:
+        with Client(args.scheduler) as client:
+            return run_distributed(jobs, batch, client, report)
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        return run_distributed(jobs, batch, client, report)
 
 
 def cmd_infer(args) -> int:
