@@ -200,9 +200,10 @@ class AdaptOutcome:
     @property
     def message(self) -> str:
         r = self.record
-        change = 100 * (r["pair_loss_adapted"] / r["pair_loss_base"] - 1)
-        scores = (f"held-out pair loss {r['pair_loss_base']:.5f} -> {r['pair_loss_adapted']:.5f} ({change:+.1f} %) "
-                  f"after {r['iterations']} steps, {r['minutes']:.1f} min")
+        before, after = r["pair_loss_base"], r["pair_loss_adapted"]
+        change = f" ({100 * (after / before - 1):+.1f} %)" if before > 0 else ""
+        scores = f"held-out pair loss {before:.5f} -> {after:.5f}{change} after {r['iterations']} steps, " \
+                 f"{r['minutes']:.1f} min"
         if self.kept:
             return f"adapted weights '{self.entry.name}' written to {self.entry.folder}: {scores}"
         return (f"not kept: the base weights '{r['base']['name']}' fit these frames better ({scores}); "
