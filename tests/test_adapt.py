@@ -180,3 +180,12 @@ def test_the_widget_job_adapts_on_every_slice_of_a_stack(noise_aware_weights, tm
     assert [r.done for r in reports] == [1, 2] and all(isinstance(r, Progress) for r in reports)
     assert [f["name"] for f in outcome.record["frames"]] == ["stack[0]", "stack[1]"]
     assert outcome.record["iterations"] == 2 and outcome.record["sources"] == [{"layer": "stack"}]
+
+
+def test_a_cancel_after_the_last_step_still_leaves_nothing(noise_aware_weights, tmp_path):
+    cancel = threading.Event()
+    out = tmp_path / "weights" / "late"
+    with pytest.raises(Cancelled):  # pressed during the final validation or the writing
+        adapt([AdaptFrame.from_image(spiky_frame(), "f")], out, noise_aware_weights.folder, iterations=1,
+              keep_anyway=True, progress=lambda done, total: cancel.set(), cancel=cancel)
+    assert list((tmp_path / "weights").iterdir()) == []

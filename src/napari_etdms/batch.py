@@ -16,7 +16,7 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .io import (
@@ -164,8 +164,11 @@ def run_distributed(jobs: list[FileJob], batch: BatchSettings, client,
     failing file, even a worker lost on it, is reported and the others go on."""
     from distributed import as_completed
 
-    futures = {client.submit(process_file, job, batch, pure=False, key=f"etdms-{i}-{job.source.name}"): job
-               for i, job in enumerate(jobs)}
+    # absolute paths: a worker resolves relative ones against its own working folder
+    absolute = [replace(job, source=job.source.resolve(), outputs={k: v.resolve() for k, v in job.outputs.items()})
+                for job in jobs]
+    futures = {client.submit(process_file, task, batch, pure=False, key=f"etdms-{i}-{job.source.name}"): job
+               for i, (job, task) in enumerate(zip(jobs, absolute))}
     failures = 0
     for future in as_completed(futures):
         job = futures[future]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -140,7 +141,7 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
     """Generator: adapts stage 1 to the job's frames (`training.adapt`), yields Progress and
     returns the AdaptOutcome, or None when cancelled (then no weights folder is left)."""
     from ..pipeline import select_device
-    from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt
+    from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt, work_folder
 
     started = time.monotonic()
     minutes = job.minutes or DEFAULT_MINUTES
@@ -153,8 +154,13 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
             fraction = max(done / total, (time.monotonic() - started) / (60 * minutes))
             report(Progress(done, total, "adapt", 0, 1, _eta(started, min(fraction, 1.0))))
 
-        return adapt(frames, job.output, job.base, minutes, job.iterations, str(select_device(job.device)),
-                     progress=progress, cancel=cancel, sources=[{"layer": job.name}])
+        try:
+            return adapt(frames, job.output, job.base, minutes, job.iterations, str(select_device(job.device)),
+                         progress=progress, cancel=cancel, sources=[{"layer": job.name}])
+        except BaseException:
+            # the widget names each adaptation anew, so nothing would resume this work
+            shutil.rmtree(work_folder(job.output), ignore_errors=True)
+            raise
 
     return (yield from _in_background(work, cancel))
 

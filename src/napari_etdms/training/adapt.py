@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from ..io import DEFAULT_MAX_PIXELS, read_frame
 from ..models import build_denoiser
 from ..noise import frame_noise
 from ..pipeline import prepare_frame
+from ..tiling import Cancelled
 from ..weights import ADAPTATION_RECORD, WeightsEntry, load_state, resolve, sha256_of, write_entry
 from .loop import TrainingLoop
 from .recipes import NeighbourPairDenoising, neighbour_pairs
@@ -183,10 +185,11 @@ class Adaptation(TrainingLoop):
         denoiser = build_denoiser(base.config)
         denoiser.load_state_dict(load_state(base, "denoiser"))
         identity = {"base": base.short_hash, "frames": [f.sha256 for f in frames]}
+        validation = validation_pairs(frames)  # refused frames leave no work folder behind
         super().__init__(denoiser, settings, folder, device, identity)
         self.base = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.stream = PairCrops(frames)
-        self.validation = validation_pairs(frames)
+        self.validation = validation
         self.recipe = NeighbourPairDenoising(self, extra_noise=EXTRA_NOISE)
         self.resume()
 
@@ -239,6 +242,8 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
         raise AdaptError("no frames to adapt on")
     base_entry = resolve(base)
     settings = SETTINGS if iterations is None else SETTINGS.model_copy(update={"iterations": iterations})
+    if torch.device(device).type == "mps":
+        device = "cpu"  # the noise model's float64 arithmetic has no MPS kernels
     work = work_folder(output)
     if restart:
         shutil.rmtree(work, ignore_errors=True)
@@ -268,10 +273,11 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
         "validation_curve": [[r["iteration"], r["validation"]["pair_loss"]] for r in log if "validation" in r],
         "pair_loss_base": before,
         "pair_loss_adapted": after,
-        "kept_because": "lower held-out pair loss than the base" if after < before else
-                        ("--keep-anyway" if keep_anyway else None),
+        "kept_because": "lower held-out pair loss than the base" if math.isfinite(after) and after < before else
+                        ("--keep-anyway" if keep_anyway and math.isfinite(after) else None),
     }
-    if after >= before and not keep_anyway:
+    better = math.isfinite(after) and after < before  # a diverged run (NaN) is never better
+    if not math.isfinite(after) or (not better and not keep_anyway):
         shutil.rmtree(work, ignore_errors=True)
         return AdaptOutcome(False, None, record)
     staging = work / "weights"
@@ -280,6 +286,9 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
     write_entry(staging, output.name, base_entry.config, states, base_entry.recommended)
     (staging / ADAPTATION_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     output.parent.mkdir(parents=True, exist_ok=True)
+    if cancel is not None and cancel.is_set():  # pressed while validating or writing: still nothing left
+        shutil.rmtree(work, ignore_errors=True)
+        raise Cancelled("adapting cancelled")
     os.rename(staging, output)  # the folder appears complete, or not at all
     shutil.rmtree(work, ignore_errors=True)
     return AdaptOutcome(True, resolve(output), record)

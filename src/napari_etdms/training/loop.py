@@ -275,6 +275,9 @@ class TrainingLoop:
                 self.log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
         bar.close()
         self.save()
+        if losses:  # stopped between checkpoints (the budget): these steps count too
+            self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
+                      "seconds_per_step": (time.monotonic() - started) / len(losses)})
         if dist.is_initialized():
             dist.barrier()  # the next stage may read this checkpoint on every rank
         return self.iteration

@@ -226,7 +226,13 @@ class NeighbourPairDenoising:
         gap = restored - second
         return gap.square().mean() + self.regularisation * F.mse_loss(gap, whole_first - whole_second)
 
-    def validate(self, model, batch: dict) -> dict:
-        with self.trainer.autocast():
-            restored = self._denoise(model, batch["first"], batch)
-        return {"pair_loss": F.mse_loss(restored, batch["second"]).item()}
+    def validate(self, model, batch: dict, chunk: int = 32) -> dict:
+        """The mean pair loss over all held-out pieces, `chunk` pieces per forward pass (a
+        large stack holds thousands)."""
+        total = 0.0
+        for start in range(0, len(batch["first"]), chunk):
+            part = {key: value[start : start + chunk] for key, value in batch.items()}
+            with self.trainer.autocast():
+                restored = self._denoise(model, part["first"], part)
+            total += F.mse_loss(restored, part["second"], reduction="sum").item()
+        return {"pair_loss": total / batch["second"].numel()}
