@@ -96,7 +96,9 @@ def reuse_freed_memory() -> None:
     """Let glibc serve the large, short-lived buffers of attention from its heap (mmap
     threshold at its 32 MiB maximum, up to 1 GiB of freed heap kept) instead of mapping and
     unmapping fresh pages for each: an adaptation step on 2 CPU threads took 5.5 s with the
-    defaults, 3.0 s with these (2.1 s under tcmalloc). A no-op without glibc's mallopt."""
+    defaults, 3.0 s with these (2.1 s under tcmalloc). Process-wide and for good (glibc cannot
+    say what it was before); `pipeline.release_freed_memory` still trims the heap between a
+    run's stages. A no-op without glibc's mallopt."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
