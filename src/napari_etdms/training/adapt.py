@@ -191,7 +191,9 @@ class Adaptation(TrainingLoop):
         self.stream = PairCrops(frames)
         self.validation = validation
         self.recipe = NeighbourPairDenoising(self, extra_noise=EXTRA_NOISE)
-        self.resume()
+        if self.resume():  # new crops and pairs after a resume, not the first steps' again
+            self.stream.seed = self.iteration
+            self.recipe.generator.manual_seed(self.iteration)
 
 
 @dataclass
