@@ -436,7 +436,7 @@ def cmd_adapt(args) -> int:
     from .batch import input_files
     from .pipeline import select_device
     from .training.adapt import SETTINGS as ADAPT_SETTINGS
-    from .training.adapt import adapt, frames_from_files, work_folder
+    from .training.adapt import adapt, frames_from_files, seconds_left, work_folder
     from .weights import user_folder
 
     files = input_files(args.inputs)
@@ -451,8 +451,7 @@ def cmd_adapt(args) -> int:
 
     def log_line(done: int, total: int) -> None:  # piped to a log: a line every 10 steps instead of a bar
         if not tty and (done % 10 == 0 or done == total):
-            elapsed = time.monotonic() - started
-            left = min(elapsed * (total - done) / done, max(0.0, 60 * args.minutes - elapsed))
+            left = seconds_left(time.monotonic() - started, done, total, args.minutes)
             print(f"adapt: step {done}/{total}, about {left / 60:.1f} min left", file=sys.stderr, flush=True)
 
     try:

@@ -326,10 +326,13 @@ class ETDMSWidget(QWidget):
             return list(range(layer.data.shape[0])), None
         return [None], None
 
-    def _snapshot(self):
-        layer = self.image.value
-        if layer is None:
+    def _chosen_image(self):
+        if self.image.value is None:
             raise ValueError("open an SEM image first (File > Open, or a sample under File > Open Sample)")
+        return self.image.value
+
+    def _snapshot(self):
+        layer = self._chosen_image()
         y0, y1, x0, x1 = self._region(layer)
         data = layer.data
         planes, slice_index = self._planes(layer)
@@ -380,10 +383,8 @@ class ETDMSWidget(QWidget):
 
         if self._overlay_state is not None:
             self._show_overlay()
-        layer = self.image.value
         try:
-            if layer is None:
-                raise ValueError("open an SEM image first (File > Open, or a sample under File > Open Sample)")
+            layer = self._chosen_image()
             base = self._selected_weights()
         except ValueError as err:
             show_error(f"ETDMS: {err}")

@@ -141,7 +141,7 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
     """Generator: adapts stage 1 to the job's frames (`training.adapt`), yields Progress and
     returns the AdaptOutcome, or None when cancelled (then no weights folder is left)."""
     from ..pipeline import select_device
-    from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt, work_folder
+    from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt, seconds_left, work_folder
 
     started = time.monotonic()
     minutes = job.minutes or DEFAULT_MINUTES
@@ -150,9 +150,8 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
         names = [job.name] if len(job.frames) == 1 else [f"{job.name}[{i}]" for i in range(len(job.frames))]
         frames = [AdaptFrame.from_image(frame, name) for frame, name in zip(job.frames, names)]
 
-        def progress(done, total):  # done at the last step or at the time budget, whichever comes first
-            fraction = max(done / total, (time.monotonic() - started) / (60 * minutes))
-            report(Progress(done, total, "adapt", 0, 1, _eta(started, min(fraction, 1.0))))
+        def progress(done, total):
+            report(Progress(done, total, "adapt", 0, 1, seconds_left(time.monotonic() - started, done, total, minutes)))
 
         try:
             return adapt(frames, job.output, job.base, minutes, job.iterations, str(select_device(job.device)),

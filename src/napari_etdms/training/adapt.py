@@ -215,6 +215,13 @@ class AdaptOutcome:
                 "keep using them (or pass --keep-anyway)")
 
 
+def seconds_left(elapsed: float, done: int, total: int, minutes: float) -> float | None:
+    """Adapting stops at its last step or at its time budget, whichever comes first."""
+    if done <= 0:
+        return None
+    return max(0.0, min(elapsed * (total - done) / done, 60 * minutes - elapsed))
+
+
 def training_seconds(steps: list[dict]) -> float:
     """The time spent in training steps, from the loop's log (across resumed runs)."""
     done, seconds = 0, 0.0

@@ -218,7 +218,7 @@ class NeighbourPairDenoising:
     def loss(self, batch: dict) -> torch.Tensor:
         model = self.trainer.model
         noisier, offset = self._noisier(batch) if self.extra_noise else (batch["noisy"], None)
-        first, second, pick = neighbour_pairs(batch["noisy"], self.generator)
+        _, second, pick = neighbour_pairs(batch["noisy"], self.generator)  # the target: the original pixels
         first = pick(noisier)[0]
         restored = self._denoise(model, first, batch, offset)
         with torch.no_grad():

@@ -22,7 +22,7 @@ from ..io import write_file_atomically
 from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
-from .loop import EMA, TrainingLoop, is_lead
+from .loop import TrainingLoop, is_lead
 from .recipes import BlindDenoising, ConditionalDiffusion, NoiseAwareDenoising
 
 STAGES = ("stage1", "stage2", "finetune")
@@ -123,15 +123,14 @@ class StageTrainer(TrainingLoop):
         self.config, self.stage, self.label = config, stage, stage
         self.run_dir = Path(run_dir)
         settings: StageConfig = getattr(config, stage)
-        super().__init__((build_denoiser if stage == "stage1" else build_clsr)(config.model), settings,
-                         self.run_dir / stage, device)
-        self.schedule = NoiseSchedule(config.model.diffusion)
-        growing = self.settings.grow_from and not self.checkpoint_path.is_file()
-        if growing:
-            source = torch.load(self.settings.grow_from, map_location=self.device, weights_only=True)
+        net = (build_denoiser if stage == "stage1" else build_clsr)(config.model)
+        growing = settings.grow_from and not (self.run_dir / stage / "checkpoint.pt").is_file()
+        if growing:  # before the loop takes the network: its EMA starts from the grown weights
+            source = torch.load(settings.grow_from, map_location="cpu", weights_only=True)
             # a training checkpoint (its EMA weights) or an exported .pt (a bare state dict)
-            self.net.grow_from(source["ema"]["module"] if "ema" in source else source)
-            self.ema = EMA(self.net, self.settings.ema_decay)
+            net.grow_from(source["ema"]["module"] if "ema" in source else source)
+        super().__init__(net, settings, self.run_dir / stage, device)
+        self.schedule = NoiseSchedule(config.model.diffusion)
         conditioner = self._stage1_model() if stage == "finetune" else None
         if not self.resume() and stage == "finetune" and not growing:
             self._start_from(self.run_dir / "stage2" / "checkpoint.pt")
