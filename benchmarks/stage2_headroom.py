@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_etdms.bands import project_onto_low_res
 from napari_etdms.degradation import DegradationConfig, degrade
 from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.evaluation import centre_crop
 from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.metrics import frc_resolution, matched_psnr
-from napari_etdms.pipeline import Pipeline, project_onto_low_res
+from napari_etdms.pipeline import Pipeline
 
 
 def as_tensor(image: np.ndarray) -> torch.Tensor:

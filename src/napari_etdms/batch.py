@@ -5,6 +5,10 @@ writable), each input's output files (not an input, not another input's, not alr
 unless overwriting), and our own stale temporaries are cleared. Each input's outputs are then
 written as one set, all or nothing, so old and new outputs never mix.
 
+Outputs are TIFFs, or OME-Zarr images (`output_format="zarr"`, the default for OME-Zarr
+inputs): then the x4 arrays, and stage 2's state, live on disk while the file runs, in a
+hidden work folder inside the output folder, and the process holds bands, not frames.
+
 The files run here one after another, or as one task per file on a `dask.distributed`
 cluster (`run_distributed`): each worker process loads the model once and writes the
 outputs itself, so the output folder must be one the workers can reach (a shared drive).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +26,9 @@ from pathlib import Path
 
 from .io import (
     DEFAULT_MAX_PIXELS,
+    OUTPUT_FORMATS,
+    TEMPORARY_SUFFIX,
+    ZARR_SUFFIX,
     ReadError,
     is_our_output,
     iter_image_files,
@@ -51,12 +59,21 @@ class OutputFolderError(OSError):
 @dataclass(frozen=True)
 class FileJob:
     source: Path
-    outputs: dict[str, Path]  # Result field -> output file
+    outputs: dict[str, Path]  # Result field -> output file (or OME-Zarr folder)
     problem: str | None = None  # why this input is not processed (reported; the others go on)
 
+    @property
+    def zarr(self) -> bool:
+        return next(iter(self.outputs.values())).suffix == ZARR_SUFFIX
 
-def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    return {field: out_dir / f"{stem}_{suffix}.tif" for field, suffix in OUTPUT_NAMES.items()}
+
+def output_paths(out_dir: Path, source: Path, output_format: str = "auto") -> dict[str, Path]:
+    zarr_input = source.suffix.lower() == ZARR_SUFFIX
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format '{output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
+    extension = ".ome.zarr" if output_format == "zarr" or (output_format == "auto" and zarr_input) else ".tif"
+    stem = source.name[: -len(ZARR_SUFFIX)].removesuffix(".ome") if zarr_input else source.stem
+    return {field: out_dir / f"{stem}_{suffix}{extension}" for field, suffix in OUTPUT_NAMES.items()}
 
 
 def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -75,7 +92,7 @@ def check_output_folder(out_dir: Path) -> None:
                                 "choose another --output folder") from None
 
 
-def plan(inputs: list[Path], out_dir: Path, overwrite: bool) -> list[FileJob]:
+def plan(inputs: list[Path], out_dir: Path, overwrite: bool, output_format: str = "auto") -> list[FileJob]:
     """One job per input, with the reason it cannot run where it cannot; raises
     OutputFolderError before anything else when the output folder is unusable."""
     check_output_folder(out_dir)
@@ -83,7 +100,7 @@ def plan(inputs: list[Path], out_dir: Path, overwrite: bool) -> list[FileJob]:
     claimed: dict[Path, Path] = {}
     jobs = []
     for path in inputs:
-        outputs = output_paths(out_dir, path.stem)
+        outputs = output_paths(out_dir, path, output_format)
         problem = None
         for out in outputs.values():
             if out.resolve() in sources:
@@ -102,18 +119,43 @@ def plan(inputs: list[Path], out_dir: Path, overwrite: bool) -> list[FileJob]:
     return jobs
 
 
+def _pixel_sizes(job: FileJob, pixel_size_nm: float | None) -> dict[str, float | None]:
+    return {field: pixel_size_nm / (1 if field == "denoised" else 4) if pixel_size_nm else None
+            for field in job.outputs}
+
+
 def write_outputs(job: FileJob, result: Result, pixel_size_nm: float | None, provenance: dict,
                   overwrite: bool) -> list[Path]:
-    """The input's outputs as one set: all written, or none."""
-    writes = {}
-    for field, out in job.outputs.items():
-        data = getattr(result, field)
-        if data is None:
-            continue
-        scale = 1 if field == "denoised" else 4
-        pixel = pixel_size_nm / scale if pixel_size_nm else None
-        writes[out] = tiff_writer(out, data, pixel, provenance | {"layer": field})
+    """The input's TIFF outputs as one set: all written, or none."""
+    pixels = _pixel_sizes(job, pixel_size_nm)
+    writes = {out: tiff_writer(out, getattr(result, field), pixels[field], provenance | {"layer": field})
+              for field, out in job.outputs.items() if getattr(result, field) is not None}
     return write_files_atomically(writes, overwrite=overwrite)
+
+
+def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSettings, progress=None) -> Result:
+    """Run one input with its x4 arrays on disk and publish its OME-Zarr outputs as one set.
+    The work folder (hidden, in the output folder) is removed whatever happens; one left by
+    a killed process is removed by a later `plan` (`remove_stale_temporaries`)."""
+    from .zarr_io import OmeZarrOutputs, require_zarr
+
+    require_zarr()
+    first = next(iter(job.outputs.values()))
+    work = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=TEMPORARY_SUFFIX, dir=first.parent))
+    try:
+        arrays = OmeZarrOutputs(work, list(job.outputs))
+        result = pipeline.run_with(frame.data, batch.settings, progress=progress, arrays=arrays)
+        made = {field: getattr(result, field) for field in job.outputs if getattr(result, field) is not None}
+        staged = arrays.finish(made, _pixel_sizes(job, frame.pixel_size_nm), _provenance(job, result, frame))
+        moves = {job.outputs[field]: functools.partial(os.replace, folder) for field, folder in staged.items()}
+        write_files_atomically(moves, overwrite=batch.overwrite, folders=True)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _provenance(job: FileJob, result: Result, frame) -> dict:
+    return result.metadata | {"source": str(job.source), "source_pixel_size_nm": frame.pixel_size_nm}
 
 
 @dataclass(frozen=True)
@@ -149,9 +191,11 @@ def process_file(job: FileJob, batch: BatchSettings, pipeline: Pipeline | None =
         torch.set_num_threads(batch.threads)
     frame = read_frame(job.source, batch.max_pixels)
     pipeline = pipeline or cached_pipeline(batch.weights, batch.device, batch.precision)
-    result = pipeline.run_with(frame.data, batch.settings, progress=progress)
-    provenance = result.metadata | {"source": str(job.source), "source_pixel_size_nm": frame.pixel_size_nm}
-    write_outputs(job, result, frame.pixel_size_nm, provenance, batch.overwrite)
+    if job.zarr:
+        result = run_to_ome_zarr(job, pipeline, frame, batch, progress)
+    else:
+        result = pipeline.run_with(frame.data, batch.settings, progress=progress)
+        write_outputs(job, result, frame.pixel_size_nm, _provenance(job, result, frame), batch.overwrite)
     mapped = result.metadata["intensity_map"]
     return (f"done in {sum(result.metadata['timings'].values()):.1f} s "
             f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})")

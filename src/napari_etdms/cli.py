@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .io import DEFAULT_MAX_PIXELS
+from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -89,7 +89,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-w", "--weights", help="registry name or weights folder (default: the shipped model)")
     g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--sampler", choices=SAMPLERS, help="default: the weights' recommended preset")
+    g.add_argument("--sampler", choices=list(SAMPLERS), help="default: the weights' recommended preset")
     g.add_argument("--steps", type=_at_least(1), help="network evaluations (default: the preset's)")
     g.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity (0 = deterministic)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
@@ -124,11 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise and super-resolve SEM frames (files or folders)",
         description="Denoise and 4x super-resolve SEM frames. Writes <name>_denoised.tif, <name>_etdms_x4.tif, "
         "<name>_bicubic_x4.tif and <name>_denoised_bicubic_x4.tif (plus _std_x4.tif with --samples > 1) with "
-        "pixel size and provenance. With no INPUT, processes the bundled sample frames.",
+        "pixel size and provenance, or the same as .ome.zarr multiscale images (--output-format zarr, the "
+        "default for OME-Zarr inputs), whose x4 arrays stay on disk while they are made, so frames whose x4 "
+        "output does not fit in memory can be processed. With no INPUT, processes the bundled sample frames.",
     )
-    infer.add_argument("inputs", nargs="*", metavar="INPUT", help="TIFF (8/16-bit) or PNG files, or folders")
+    infer.add_argument("inputs", nargs="*", metavar="INPUT",
+                       help="TIFF (8/16-bit), PNG or OME-Zarr (.zarr) images, or folders of them")
     infer.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
     infer.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never touched)")
+    infer.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto",
+                       help="tiff, or zarr: OME-Zarr multiscale with the x4 arrays kept on disk (napari-etdms[zarr]); "
+                       "auto (default): zarr for OME-Zarr inputs, else tiff")
     infer.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
                        help="refuse frames whose file header declares more pixels, before decoding "
                             f"(default {DEFAULT_MAX_PIXELS:,}: 32768 x 32768)")
@@ -280,10 +286,13 @@ def _load_pipeline(args):
 
 def _infer_files(args, files: list[Path]) -> int:
     from .batch import FILE_ERRORS, BatchSettings, OutputFolderError, plan, process_file
+    from .zarr_io import require_zarr
 
     try:
-        jobs = plan(files, args.output, args.overwrite)
-    except OutputFolderError as err:
+        jobs = plan(files, args.output, args.overwrite, getattr(args, "output_format", "auto"))
+        if any(job.zarr for job in jobs):
+            require_zarr()
+    except (OutputFolderError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     batch = BatchSettings(args.weights, args.device, args.precision, args.settings, args.max_pixels, args.overwrite,

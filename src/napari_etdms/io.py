@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+ZARR_SUFFIX = ".zarr"  # an OME-Zarr image: a folder read as one frame
+OUTPUT_FORMATS = ("auto", "tiff", "zarr")  # of `etdms infer`; auto: OME-Zarr for OME-Zarr inputs, else TIFF
 
 
 class ReadError(ValueError):
@@ -135,9 +138,13 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     `max_pixels` pixels is refused before decoding.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ZARR_SUFFIX and path.is_dir():
+        from .zarr_io import read_ome_zarr
+
+        return read_ome_zarr(path, max_pixels)
     if not path.is_file():
         raise ReadError(f"{path}: no such file")
-    suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path, max_pixels)
@@ -145,7 +152,7 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             from PIL import Image
 
             with Image.open(path) as im:
-                _check_pixel_count(path, (im.height, im.width), max_pixels)
+                check_pixel_count(path, (im.height, im.width), max_pixels)
                 data = np.asarray(im)
             return Frame(data=data, path=path, metadata={"axes": "YX" if data.ndim == 2 else "YXS"})
     except ReadError:
@@ -154,10 +161,10 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ReadError(
             f"{path}: cannot read image, the file may be corrupt or truncated ({type(err).__name__}: {err})"
         ) from None
-    raise ReadError(f"{path}: unsupported file type '{suffix}' (use TIFF or PNG)")
+    raise ReadError(f"{path}: unsupported file type '{suffix}' (use TIFF, PNG or OME-Zarr)")
 
 
-def _check_pixel_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+def check_pixel_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
     count = math.prod(int(n) for n in shape)
     if count > max_pixels:
         size = " x ".join(str(int(n)) for n in shape)
@@ -170,7 +177,7 @@ def _read_tiff(path: Path, max_pixels: int) -> Frame:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        _check_pixel_count(path, series.shape, max_pixels)
+        check_pixel_count(path, series.shape, max_pixels)
         axes = series.axes
         data = tif.asarray()
         if data.ndim != len(axes):  # squeezed/odd series: fall back to a generic label
@@ -431,17 +438,22 @@ def detect_painted_databar(
 
 
 def iter_image_files(inputs: list[str | os.PathLike], skip: Callable[[Path], bool] | None = None) -> list[Path]:
-    """Expand files and folders (non-recursive) into a sorted list of image files; `skip`
-    leaves files of folders out (files named one by one are always kept)."""
+    """Expand files and folders (non-recursive) into a sorted list of image files (and
+    OME-Zarr folders); `skip` leaves files of folders out (inputs named one by one are
+    always kept)."""
     files: list[Path] = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                                and not (skip and skip(p))))
+        if item.is_dir() and item.suffix.lower() != ZARR_SUFFIX:
+            files.extend(sorted(p for p in item.iterdir() if _is_image(p) and not (skip and skip(p))))
         else:
             files.append(item)
     return files
+
+
+def _is_image(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return (suffix in IMAGE_SUFFIXES and path.is_file()) or (suffix == ZARR_SUFFIX and path.is_dir())
 
 
 _IMAGEJ_DTYPES = "BHhf"  # uint8, uint16, int16, float32
@@ -518,13 +530,17 @@ TEMPORARY_SUFFIX = ".part"
 
 
 def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]], *,
-                           overwrite: bool = False) -> list[Path]:
+                           overwrite: bool = False, folders: bool = False) -> list[Path]:
     """A set of files, all or nothing: each `write(temporary_path)` runs on a hidden temporary
     beside its file; only when every one is complete are they published, each in one step.
     Without `overwrite`, an existing file refuses the whole set before anything is written,
     and a failure while publishing removes the files this set had published. With it, each
     file is swapped in by one `os.replace` (readers see the old or the new file, never a
-    partial one). New files follow the umask."""
+    partial one). New files follow the umask.
+
+    With `folders`, each output is a folder (an OME-Zarr image), its temporary an empty
+    folder to fill. A folder cannot replace another in one step: with `overwrite` the old one
+    is renamed aside first, and removed once the new one is in place."""
     paths = [Path(p) for p in writes]
     if not overwrite:
         for path in paths:
@@ -535,13 +551,19 @@ def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]
     try:
         for path, write in zip(paths, writes.values()):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a new file follows the umask
+            if folders:
+                tmp = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+                os.chmod(tmp, 0o777 & ~_UMASK)
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+                os.close(fd)
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a new file follows the umask
             temporaries[path] = tmp
             write(tmp)
         for path, tmp in temporaries.items():
-            if overwrite:
+            if folders:
+                _publish_folder(tmp, path)
+            elif overwrite:
                 os.replace(tmp, path)
             else:
                 os.link(tmp, path)  # fails if path appeared meanwhile, unlike os.replace
@@ -549,13 +571,29 @@ def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]
     except BaseException:
         if not overwrite:
             for path in published:
-                path.unlink(missing_ok=True)
+                _remove(path)
         raise
     finally:
         for tmp in temporaries.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _remove(Path(tmp))
     return paths
+
+
+def _publish_folder(tmp: str, path: Path) -> None:
+    if not path.exists():
+        os.rename(tmp, path)  # fails if a non-empty folder appeared meanwhile
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
+    os.replace(path, aside)  # onto the empty folder just made
+    os.rename(tmp, path)
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = 600.0) -> list[Path]:
@@ -566,9 +604,9 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = 600.
         return []
     cutoff = time.time() - older_than_s
     stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}")
-             if p.is_file() and p.stat().st_mtime < cutoff]
+             if p.stat().st_mtime < cutoff]
     for p in stale:
-        p.unlink(missing_ok=True)
+        _remove(p)
     return stale
 
 
@@ -577,14 +615,22 @@ def is_our_output(path: str | os.PathLike) -> bool:
     by a batch, so a rerun into the input folder does not process its own outputs."""
     try:
         software = read_provenance(path)["provenance"].get("software", "")
+    except ImportError:  # a zarr folder, without the zarr extra to read it
+        return False
     except Exception:  # not a TIFF, unreadable: the reader reports it when it is processed
         return False
     return str(software).startswith("napari-etdms")
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
-    """Provenance and pixel size stored by `write_tiff`."""
+    """Provenance and pixel size stored by `write_tiff` (or in an OME-Zarr output)."""
     import tifffile
+
+    if Path(path).suffix.lower() == ZARR_SUFFIX:
+        from .zarr_io import multiscale_layer
+
+        _, pixel_size_nm, provenance = multiscale_layer(Path(path))  # lazy: nothing is decoded
+        return {"provenance": provenance, "pixel_size_nm": pixel_size_nm}
 
     with tifffile.TiffFile(path) as tif:
         if tif.is_imagej:

@@ -76,7 +76,12 @@ def consistency_psnr(low_res, high_res) -> float:
     scale = high.shape[0] // low.shape[0]
     if high.shape != (low.shape[0] * scale, low.shape[1] * scale):
         raise ValueError(f"high-res {high.shape} is not a whole multiple of low-res {low.shape}")
-    means = high.reshape(low.shape[0], scale, low.shape[1], scale).mean(axis=(1, 3))
+    return block_means_psnr(low, high.reshape(low.shape[0], scale, low.shape[1], scale).mean(axis=(1, 3)))
+
+
+def block_means_psnr(low_res, block_means) -> float:
+    """`consistency_psnr` from the upsampled frame's block means (for x4 frames held on disk)."""
+    low, means = _numpy(low_res), _numpy(block_means)
     mse = float(np.mean((means - low) ** 2))
     signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
     return float(10 * np.log10(max(signal.high - signal.low, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")

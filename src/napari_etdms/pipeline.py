@@ -1,5 +1,5 @@
 """The two-stage ETDMS pipeline on whole frames: validate, normalise once, denoise
-(tiled, blended), super-resolve x4 (tiled diffusion fused at every step), report.
+(tiled, blended), super-resolve x4 (tiled diffusion fused at every step, in bands), report.
 
     from napari_etdms import Pipeline
     pipe = Pipeline.from_pretrained()            # shipped SEM weights, device="auto"
@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__
+from .bands import ArrayFactory, BandedChain, DrawStatistics, MemoryArrays, read_rows, row_bands, upsample_rows
 from .config import ModelConfig, model_config
 from .denoise import apply_denoiser
 from .diffusion import DEFAULT_PRESET, default_steps, make_sampler
-from .diffusion.target import from_target, to_target, upsample_condition
 from .intensity import SIGNAL_SMOOTHING, IntensityMap
-from .metrics import consistency_psnr
+from .metrics import block_means_psnr
 from .models import build_clsr, build_denoiser
 from .models.clsr import SCALE
 from .noise import NoiseModel, frame_noise
@@ -54,12 +53,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
-    """The nearest frame whose 4x4 block means equal `low_res` (exact for area averaging)."""
-    residual = low_res - F.avg_pool2d(high_res, SCALE)
-    return high_res + F.interpolate(residual, scale_factor=SCALE, mode="nearest")
 
 
 class InputError(ValueError):
@@ -115,10 +108,14 @@ def select_precision(device: torch.device, precision: str = "auto") -> str:
     return "float32"
 
 
-def estimate_memory_bytes(height: int, width: int, super_resolve: bool) -> int:
-    """Host memory for the global buffers of one run (float32)."""
+def estimate_memory_bytes(height: int, width: int, super_resolve: bool, samples: int = 1,
+                          x4_in_memory: bool = True) -> int:
+    """Host memory for the global buffers of one run (float32): the low-res frames, and the
+    x4 ones when they are held in memory (bicubic outputs, state, the solver's previous x0,
+    the mean; with several draws their spread and std)."""
     low_res = height * width * 4
-    return low_res * (8 + (6 * SCALE * SCALE if super_resolve else 0))
+    x4_arrays = (6 if super_resolve else 2) + (2 if super_resolve and samples > 1 else 0)
+    return low_res * (8 + (x4_arrays * SCALE * SCALE if x4_in_memory else 0))
 
 
 def available_memory_bytes() -> int | None:
@@ -160,7 +157,8 @@ class _Ticker:
 
 @dataclass
 class Result:
-    """Outputs in the input's intensity scale (float32); x4 outputs are 4H x 4W."""
+    """Outputs in the input's intensity scale (float32); x4 outputs are 4H x 4W: numpy
+    arrays, or the arrays of the `ArrayFactory` given to `run_with` (e.g. zarr on disk)."""
 
     bicubic_input: np.ndarray
     denoised: np.ndarray | None = None
@@ -274,10 +272,13 @@ class Pipeline:
         return self.run_with(image, settings, noise, progress, cancel)
 
     def run_with(self, image, settings: RunSettings, noise: NoiseModel | None = None,
-                 progress: ProgressCallback | None = None, cancel=None) -> Result:
+                 progress: ProgressCallback | None = None, cancel=None, arrays: ArrayFactory | None = None) -> Result:
         """`run` with its settings as one validated `RunSettings` (as the CLI and the widget
-        build them once, before any work)."""
-        plan = self.plan(image, settings)
+        build them once, before any work). `arrays` makes the x4 arrays (outputs and
+        stage 2's state); by default numpy arrays in memory, or e.g. zarr arrays on disk for
+        frames whose x4 output does not fit in memory."""
+        arrays = arrays or MemoryArrays()
+        plan = self.plan(image, settings, x4_in_memory=isinstance(arrays, MemoryArrays))
         ticker = _Ticker(plan.total_batches, progress, cancel)
         frame, settings = plan.frame, plan.settings
         height, width = frame.shape
@@ -291,7 +292,7 @@ class Pipeline:
         padded_h, padded_w = plan.grid.height, plan.grid.width
         normalised = np.pad(mapping.forward(frame), ((0, padded_h - height), (0, padded_w - width)), mode="symmetric")
         low_res = torch.from_numpy(normalised)[None, None]
-        result = Result(bicubic_input=self._crop(upsample_condition(low_res), mapping, height, width, SCALE),
+        result = Result(bicubic_input=self._upsampled(low_res, mapping, height, width, arrays, "bicubic_input"),
                         noise=noise)
 
         cond = low_res
@@ -301,22 +302,21 @@ class Pipeline:
             cond = self._denoise(low_res, noise.rescaled(mapping.low, mapping.high), settings.strength,
                                  plan.denoise_grid, settings.batch_size, ticker.tick)
             timings["denoise_s"] = round(time.perf_counter() - started, 3)
-            result.denoised = self._crop(cond, mapping, height, width, 1)
-            result.bicubic_denoised = self._crop(upsample_condition(cond), mapping, height, width, SCALE)
+            result.denoised = mapping.inverse(cond[0, 0, :height, :width].numpy())
+            result.bicubic_denoised = self._upsampled(cond, mapping, height, width, arrays, "bicubic_denoised")
             release_freed_memory()
 
         if settings.super_resolve:
             ticker.stage = "super-resolve"
             started = time.perf_counter()
-            draws = [self._super_resolve(cond, low_res, plan.grid, settings, settings.seed + k, ticker.tick)
-                     for k in range(settings.samples)]
+            draws = self._super_resolve(cond, low_res, plan.grid, settings, arrays, ticker.tick)
             timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
-            self._summarise_draws(result, torch.stack(draws), cond, mapping, height, width)
+            self._summarise_draws(result, draws, cond, mapping, height, width, arrays)
 
         result.metadata = self.describe(plan, result, mapping, noise_source, timings)
         return result
 
-    def plan(self, image, settings: RunSettings) -> RunPlan:
+    def plan(self, image, settings: RunSettings, x4_in_memory: bool = True) -> RunPlan:
         """Everything decided before any compute: the frame as the models take it, the
         settings with the weights' preset and the device's batch filled in, both tile grids,
         and the work in tile batches. Raises InputError / ValueError / MemoryError."""
@@ -336,12 +336,14 @@ class Pipeline:
             raise ValueError("these weights have no denoiser (stage 1); run with denoise=False")
         if settings.super_resolve and self.clsr is None:
             raise ValueError("these weights have no CLSR model (stage 2); run with super_resolve=False")
-        needed = estimate_memory_bytes(*frame.shape, settings.super_resolve)
+        needed = estimate_memory_bytes(*frame.shape, settings.super_resolve, settings.samples, x4_in_memory)
         free = available_memory_bytes()
         if free is not None and needed > free:
+            hint = "; or write OME-Zarr (etdms infer --output-format zarr), which keeps x4 arrays on disk" \
+                if x4_in_memory else ""
             raise MemoryError(
-                f"a {frame.shape[0]}x{frame.shape[1]} frame needs about {needed / 2**30:.1f} GiB for x4 output but "
-                f"{free / 2**30:.1f} GiB is free: process a region, or denoise only"
+                f"a {frame.shape[0]}x{frame.shape[1]} frame needs about {needed / 2**30:.1f} GiB but "
+                f"{free / 2**30:.1f} GiB is free: process a region, or denoise only{hint}"
             )
         height, width = frame.shape
         tile, overlap = settings.tile, settings.overlap
@@ -354,10 +356,12 @@ class Pipeline:
         denoise_tile = min(max(window_tile, DENOISE_MIN_TILE // window * window), padded_h, padded_w)
         denoise_grid = TileGrid(padded_h, padded_w, denoise_tile, overlap, align=window,
                                 context=DENOISE_CONTEXT // window * window)
-        batches = lambda g: -(-len(g.origins) // settings.batch_size)  # noqa: E731
+        batches = -(-len(denoise_grid.origins) // settings.batch_size)
+        rows, columns = (len({origin[axis] for origin in grid.origins}) for axis in (0, 1))
+        band_batches = rows * -(-columns // settings.batch_size)  # stage 2 batches tiles within a row
         sampling_steps = make_sampler(settings.sampler, self.config.diffusion, settings.steps).steps
-        total = ((batches(denoise_grid) if settings.denoise else 0)
-                 + (settings.samples * sampling_steps * batches(grid) if settings.super_resolve else 0))
+        total = ((batches if settings.denoise else 0)
+                 + (settings.samples * sampling_steps * band_batches if settings.super_resolve else 0))
         return RunPlan(settings, frame, grid, denoise_grid, total)
 
     def describe(self, plan: RunPlan, result: Result, mapping: IntensityMap, noise_source: str,
@@ -389,23 +393,33 @@ class Pipeline:
             "timings": timings,
         }
 
-    def _summarise_draws(self, result: Result, stack: torch.Tensor, cond: torch.Tensor, mapping: IntensityMap,
-                         height: int, width: int) -> None:
-        """The mean of the draws (and their std when more than one), and its consistency."""
-        mean = stack.mean(0)
-        result.super_resolved = self._crop(mean, mapping, height, width, SCALE)
-        if stack.shape[0] > 1:
-            std = stack.std(0, unbiased=True)[0, 0, : SCALE * height, : SCALE * width].numpy()
-            result.std = mapping.scale(std)
-        residual = (cond - F.avg_pool2d(mean, SCALE))[0, 0, :height, :width]
-        # the same definition as `etdms eval` reports, in the frame's own units
-        result.consistency_psnr = consistency_psnr(self._crop(cond, mapping, height, width, 1),
-                                                   result.super_resolved)
-        result.consistency_residual = mapping.scale(residual.numpy())
-
     @staticmethod
-    def _crop(t: torch.Tensor, mapping: IntensityMap, height: int, width: int, scale: int) -> np.ndarray:
-        return mapping.inverse(t[0, 0, : scale * height, : scale * width].numpy())
+    def _upsampled(low_res: torch.Tensor, mapping: IntensityMap, height: int, width: int, arrays: ArrayFactory,
+                   name: str):
+        """The bicubic x4 of a (padded) low-res frame, cropped, in input units, band by band."""
+        out = arrays.empty(name, (SCALE * height, SCALE * width))
+        for top, bottom in row_bands(SCALE * height):
+            out[top:bottom] = mapping.inverse(upsample_rows(low_res, top, bottom)[0, 0, :, : SCALE * width].numpy())
+        return out
+
+    def _summarise_draws(self, result: Result, draws: DrawStatistics, cond: torch.Tensor, mapping: IntensityMap,
+                         height: int, width: int, arrays: ArrayFactory) -> None:
+        """The mean of the draws (and their std when more than one), and its consistency with
+        the low-res frame it was made from, written band by band."""
+        shape = (SCALE * height, SCALE * width)
+        result.super_resolved = arrays.empty("super_resolved", shape)
+        result.std = arrays.empty("std", shape) if draws.count > 1 else None
+        block_means = np.empty((height, width), np.float32)
+        for top, bottom in row_bands(shape[0]):
+            rows = mapping.inverse(read_rows(draws.mean, top, bottom)[:, : shape[1]].numpy())
+            result.super_resolved[top:bottom] = rows
+            if result.std is not None:
+                result.std[top:bottom] = mapping.scale(draws.std_rows(top, bottom)[:, : shape[1]].numpy())
+            block_means[top // SCALE : bottom // SCALE] = rows.reshape(-1, SCALE, width, SCALE).mean(axis=(1, 3))
+        restored = mapping.inverse(cond[0, 0, :height, :width].numpy())
+        result.consistency_residual = restored - block_means
+        # the same definition as `etdms eval` reports, in the frame's own units
+        result.consistency_psnr = block_means_psnr(restored, block_means)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device).contiguous(memory_format=self.memory_format)
@@ -431,29 +445,19 @@ class Pipeline:
         return apply_denoiser(self.denoiser, low_res, as_tensor(noise.gain), as_tensor(noise.offset), strength, run)
 
     @torch.no_grad()
-    def _super_resolve(self, cond, measured, grid, settings: RunSettings, seed: int, tick) -> torch.Tensor:
-        diffusion = self.config.diffusion
-        sampler = make_sampler(settings.sampler, diffusion, settings.steps, settings.eta)
+    def _super_resolve(self, cond, measured, grid, settings: RunSettings, arrays: ArrayFactory, tick
+                       ) -> DrawStatistics:
+        """`settings.samples` draws of stage 2, summarised as they end."""
+        sampler = make_sampler(settings.sampler, self.config.diffusion, settings.steps, settings.eta)
 
-        def project(x0):
-            return to_target(project_onto_low_res(from_target(x0, cond, diffusion), cond), cond, diffusion)
+        def predict_tiles(x_tiles, c_tiles, t):
+            steps_t = torch.full((x_tiles.shape[0],), t, device=self.device)
+            with self._autocast():
+                return self.clsr(self._to_device(x_tiles), self._to_device(c_tiles), steps_t)
 
-        shape = (1, 1, SCALE * grid.height, SCALE * grid.width)
-        generator = torch.Generator().manual_seed(seed)
-        predict = self._model_predictor(self.clsr.condition(cond, measured), grid, settings.batch_size, tick)
-        x = sampler.sample(predict, shape, generator, project if settings.data_consistency else None)
-        return from_target(x, cond, diffusion)
-
-    def _model_predictor(self, cond, grid, batch_size, tick):
-        """The network's output (eps or v) at (x_t, t) for the whole frame: every tile
-        predicted, blended with taper weights."""
-
-        def predict(x, t):
-            def predict_tiles(x_tiles, c_tiles):
-                steps_t = torch.full((x_tiles.shape[0],), t, device=self.device)
-                with self._autocast():
-                    return self.clsr(self._to_device(x_tiles), self._to_device(c_tiles), steps_t)
-
-            return blend_tiles(predict_tiles, [(x, SCALE), (cond, 1)], grid, SCALE, batch_size, tick)
-
-        return predict
+        chain = BandedChain(sampler, grid, predict_tiles, self.clsr.condition(cond, measured), cond,
+                            self.config.diffusion, arrays, settings.data_consistency, settings.batch_size, tick)
+        draws = DrawStatistics(arrays, chain.shape, spread=settings.samples > 1)
+        for draw in range(settings.samples):  # draw k is the single draw of seed + k
+            draws.add(chain.draw(settings.seed + draw), cond, self.config.diffusion)
+        return draws

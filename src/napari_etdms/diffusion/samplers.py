@@ -1,97 +1,216 @@
-"""Samplers over the trained noise schedule, built on diffusers' schedulers.
+"""Samplers over the trained noise schedule, each a list of per-pixel linear updates.
 
-- "ddpm": ancestral sampling over every training step (the paper's Ts = T).
-- "ddim": deterministic (eta = 0) or stochastic DDIM over an evenly spaced subsequence
-  (the paper's Ts = 200 mode).
+Every sampler here moves the state by the same rule at every pixel:
+
+    x_next = a * x_t + b * x0 + c * x0_previous + d * noise
+
+where x0 is the step's (clipped, optionally corrected) estimate of the clean target,
+x0_previous the previous step's, and (a, b, c, d) numbers fixed by the schedule. So a step
+can run on any part of the frame by itself: the pipeline steps a state of any size in
+bands, kept on disk when it does not fit in memory, and the result does not depend on how
+the frame is cut. The formulas are those of diffusers' DDPMScheduler, DDIMScheduler and
+DPMSolverMultistepScheduler (the tests check ours against them), over "trailing" timesteps:
+the first visited step is the last training step (pure noise), the last lands on x0.
+
+- "ddpm": ancestral sampling (the paper's Ts = T when run over every training step).
+- "ddim": deterministic (eta = 0) or stochastic DDIM (the paper's Ts = 200 mode).
 - "dpmpp": DPM-Solver++(2M), the deterministic (ODE) solver, 10-20 network evaluations.
 - "dpmpp-sde": DPM-Solver++(2M) SDE, its stochastic form: fresh noise at every step washes
   out the network's small errors instead of carrying them to the end as grain, which
   measured better on SEM (see the model card) at the same 10-20 evaluations.
-
-One sampler steps one global state: the tiled pipeline fuses every tile's network
-output (eps or v) first, so solver history (DPM-Solver's multistep memory) stays consistent.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from ..config import DiffusionConfig
 
-SAMPLERS = ("dpmpp-sde", "dpmpp", "ddim", "ddpm")
+
+@dataclass(frozen=True)
+class Update:
+    """One step from timestep `t`: x_next = x * x + x0 * x0 + x0_previous * previous + noise * noise."""
+
+    t: int
+    x: float
+    x0: float
+    previous: float = 0.0
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class Level:
+    """Where a step starts or lands: x_t = alpha x0 + sigma eps (alpha 1, sigma 0 is x0 itself)."""
+
+    alpha: float
+    sigma: float
+
+    @property
+    def log_snr(self) -> float:  # DPM-Solver's lambda; +inf at x0
+        return math.log(self.alpha / self.sigma) if self.sigma > 0 else math.inf
+
+
+def _levels(alphas_cumprod: np.ndarray, timesteps: list[int]) -> list[Level]:
+    """The level of every visited timestep, then x0's."""
+    abar = [float(alphas_cumprod[t]) for t in timesteps]
+    return [Level(math.sqrt(a), math.sqrt(1.0 - a)) for a in abar] + [Level(1.0, 0.0)]
+
+
+def ddpm_updates(alphas_cumprod, timesteps, eta) -> list[Update]:
+    """Ancestral steps with the posterior's variance (diffusers' "fixed_small")."""
+    levels = _levels(alphas_cumprod, timesteps)
+    updates = []
+    for k, t in enumerate(timesteps):
+        now, nxt = levels[k], levels[k + 1]
+        abar_t, abar_next = now.alpha**2, nxt.alpha**2
+        step_alpha = abar_t / abar_next
+        step_beta = 1.0 - step_alpha
+        last = k == len(timesteps) - 1
+        variance = (1.0 - abar_next) / (1.0 - abar_t) * step_beta
+        updates.append(Update(t, x=math.sqrt(step_alpha) * (1.0 - abar_next) / (1.0 - abar_t),
+                              x0=nxt.alpha * step_beta / (1.0 - abar_t),
+                              noise=0.0 if last else math.sqrt(max(variance, 1e-20))))
+    return updates
+
+
+def ddim_updates(alphas_cumprod, timesteps, eta) -> list[Update]:
+    """x_next = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s noise, eps from x_t and x0, s = eta * DDPM's std."""
+    levels = _levels(alphas_cumprod, timesteps)
+    updates = []
+    for k, t in enumerate(timesteps):
+        now, nxt = levels[k], levels[k + 1]
+        abar_t, abar_next = now.alpha**2, nxt.alpha**2
+        spread = eta * math.sqrt((1.0 - abar_next) / (1.0 - abar_t) * (1.0 - abar_t / abar_next))
+        to_eps = math.sqrt(max(1.0 - abar_next - spread**2, 0.0)) / now.sigma  # eps = (x_t - alpha x0) / sigma
+        updates.append(Update(t, x=to_eps, x0=nxt.alpha - to_eps * now.alpha, noise=spread))
+    return updates
+
+
+def dpm_solver_updates(stochastic: bool) -> Callable:
+    def updates_of(alphas_cumprod, timesteps, eta) -> list[Update]:
+        """DPM-Solver++(2M), midpoint form; first order at the first step and at the last
+        (which lands on x0), as diffusers' lower_order_final with final sigma zero."""
+        levels = _levels(alphas_cumprod, timesteps)
+        updates = []
+        for k, t in enumerate(timesteps):
+            now, nxt = levels[k], levels[k + 1]
+            # exp(-h), h the log-SNR gap: 0 when the step lands on x0
+            decay = (nxt.sigma * now.alpha) / (nxt.alpha * now.sigma)
+            if stochastic:
+                x, gain, noise = nxt.sigma / now.sigma * decay, nxt.alpha * (1 - decay**2), nxt.sigma * math.sqrt(
+                    1 - decay**2)
+            else:
+                x, gain, noise = nxt.sigma / now.sigma, nxt.alpha * (1 - decay), 0.0
+            if k == 0 or k == len(timesteps) - 1:
+                updates.append(Update(t, x=x, x0=gain, noise=noise))
+                continue
+            # D0 + D1 / 2 with D1 = (x0 - x0_previous) / r, r = h_previous / h
+            before = levels[k - 1]
+            ratio = (now.log_snr - before.log_snr) / (nxt.log_snr - now.log_snr)
+            updates.append(Update(t, x=x, x0=gain * (1 + 0.5 / ratio), previous=-gain * 0.5 / ratio, noise=noise))
+        return updates
+
+    return updates_of
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    updates: Callable[[np.ndarray, list[int], float], list[Update]]  # (alphas_cumprod, timesteps, eta)
+    default_steps: int | None  # None: every training step
+    summary: str
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "dpmpp-sde": SamplerSpec(dpm_solver_updates(stochastic=True), 20, "DPM-Solver++(2M) SDE"),
+    "dpmpp": SamplerSpec(dpm_solver_updates(stochastic=False), 20, "DPM-Solver++(2M), deterministic"),
+    "ddim": SamplerSpec(ddim_updates, 200, "DDIM (eta 0: deterministic)"),
+    "ddpm": SamplerSpec(ddpm_updates, None, "ancestral DDPM"),
+}
 # Sampling of weights whose manifest names no preset (and the training config's default).
 DEFAULT_PRESET = {"sampler": "dpmpp", "steps": 20, "data_consistency": True}
 
 
 def default_steps(name: str, config: DiffusionConfig) -> int:
-    return {"dpmpp-sde": 20, "dpmpp": 20, "ddim": 200, "ddpm": config.num_train_timesteps}[name]
+    return SAMPLERS[name].default_steps or config.num_train_timesteps
+
+
+def trailing_timesteps(total: int, steps: int) -> list[int]:
+    """`steps` evenly spaced training steps from the last one (pure noise) down."""
+    return [int(t) for t in np.round(np.arange(total, 0, -total / steps)).astype(np.int64) - 1]
+
+
+def alphas_cumprod(config: DiffusionConfig) -> np.ndarray:
+    """The training schedule's cumulative alphas (linear betas), in float64."""
+    betas = np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
 
 
 class Sampler:
-    """A stepping rule: `timesteps` to visit, and `step` from x_t to x_{t-1} given the
-    network's output there (eps or v, as the weights were trained).
+    """The updates of one sampler at one step count, and the x0 estimate each one starts from.
 
-    Every sampler clips the x0 estimate to +-clip_range before stepping: at the noisiest
-    steps an epsilon model's x0 = (x_t - sigma eps) / alpha divides by alpha ~ 1e-5, so an
-    imperfect noise prediction would otherwise blow the few-step solvers up.
-    """
+    Every x0 estimate is clipped to +-clip_range: at the noisiest steps an epsilon model's
+    x0 = (x_t - sigma eps) / alpha divides by alpha ~ 1e-5, so an imperfect noise prediction
+    would otherwise blow the few-step solvers up."""
 
-    def __init__(self, name: str, scheduler, requested_steps: int, eta: float, clip_range: float, prediction: str):
+    def __init__(self, name: str, config: DiffusionConfig, updates: list[Update]):
         self.name = name
-        self._scheduler = scheduler
-        self._requested_steps = requested_steps  # what set_timesteps was asked for (it may visit fewer)
-        self._eta = eta
-        self._clip = clip_range
-        self._prediction = prediction
-        self._alphas_cumprod = scheduler.alphas_cumprod.double()
-        self.timesteps = [int(t) for t in scheduler.timesteps]
+        self.updates = updates
+        self._clip = 1.5 * config.target_scale  # +-1.5 in image units; a scaled residual's units scale
+        self._prediction = config.prediction
+        self._alphas_cumprod = alphas_cumprod(config)
 
-    def _x0_estimate(self, output: torch.Tensor, t: int, x: torch.Tensor, x0_hook) -> torch.Tensor:
-        """x0 from the network's output, clipped and optionally corrected: the schedulers take
-        x0 itself ("sample"), so no step converts back through a division by alpha."""
-        abar = self._alphas_cumprod[t]
-        alpha, sigma = float(abar.sqrt()), float((1 - abar).sqrt())
-        x0 = (x - sigma * output) / alpha if self._prediction == "epsilon" else alpha * x - sigma * output
-        x0 = x0.clamp(-self._clip, self._clip)
-        return x0_hook(x0) if x0_hook is not None else x0
+    @property
+    def timesteps(self) -> list[int]:
+        return [u.t for u in self.updates]
 
     @property
     def steps(self) -> int:
-        return len(self.timesteps)
+        return len(self.updates)
 
-    def initial_noise(self, shape, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=generator) * float(self._scheduler.init_noise_sigma)
+    @property
+    def uses_previous(self) -> bool:
+        return any(u.previous for u in self.updates)
+
+    def x0_estimate(self, k: int, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x0 from the network's output (eps or v) at step k, clipped."""
+        abar = self._alphas_cumprod[self.updates[k].t]
+        alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
+        x0 = (x - sigma * output) / alpha if self._prediction == "epsilon" else alpha * x - sigma * output
+        return x0.clamp(-self._clip, self._clip)
+
+    def update(self, k: int, x: torch.Tensor, x0: torch.Tensor, previous: torch.Tensor | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The state after step k. `previous` (step k-1's x0) and `noise` (standard normal)
+        are read only when this step uses them."""
+        u = self.updates[k]
+        out = u.x * x + u.x0 * x0
+        if u.previous:
+            out = out + u.previous * previous
+        if u.noise:
+            out = out + u.noise * noise
+        return out
 
     def sample(self, predict, shape, generator: torch.Generator, x0_hook=None, device=None) -> torch.Tensor:
-        """Run the whole chain from pure noise: `predict(x_t, t)` gives the network's output.
-        Each call starts the solver afresh (its multistep memory), so one sampler can draw many."""
-        self._scheduler.set_timesteps(self._requested_steps)
-        x = self.initial_noise(shape, generator)
-        if device is not None:
-            x = x.to(device)
-        for t in self.timesteps:
-            x = self.step(predict(x, t), t, x, generator, x0_hook)
+        """A whole chain on one tensor from pure noise (`predict(x_t, t)` gives the network's
+        output); `x0_hook` may correct each x0 estimate. Training's validation uses this; the
+        pipeline steps frames in bands with the same updates."""
+        x = torch.randn(shape, generator=generator).to(device)
+        previous = None
+        for k, u in enumerate(self.updates):
+            x0 = self.x0_estimate(k, predict(x, u.t), x)
+            if x0_hook is not None:
+                x0 = x0_hook(x0)
+            noise = torch.randn(shape, generator=generator).to(device) if u.noise else None
+            x, previous = self.update(k, x, x0, previous, noise), x0
         return x
 
-    def step(self, output: torch.Tensor, t: int, x: torch.Tensor, generator: torch.Generator, x0_hook=None):
-        """One step from the network's `output` at t; `x0_hook` may correct the x0 estimate
-        (e.g. a data-consistency projection)."""
-        x0 = self._x0_estimate(output, t, x, x0_hook)
-        kwargs = {"generator": generator}
-        if self.name == "ddim":
-            kwargs["eta"] = self._eta
-        return self._scheduler.step(x0, t, x, **kwargs).prev_sample
 
-
-def make_sampler(
-    name: str,
-    config: DiffusionConfig,
-    steps: int | None = None,
-    eta: float = 0.0,
-) -> Sampler:
-    """Build a sampler; it carries solver state from step to step, and `sample` resets it."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
+def make_sampler(name: str, config: DiffusionConfig, steps: int | None = None, eta: float = 0.0) -> Sampler:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
     total = config.num_train_timesteps
@@ -100,30 +219,5 @@ def make_sampler(
         raise ValueError(f"steps must be between 1 and {total}, got {steps}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    common = dict(
-        num_train_timesteps=total,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        beta_schedule="linear",
-        prediction_type="sample",
-    )
-    if name == "ddpm":
-        scheduler = DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
-    elif name == "ddim":
-        # "linspace" spacing runs from the last training step (pure noise) to step 0, which
-        # matters when Ts << T, and set_alpha_to_one makes that last step return the x0
-        # estimate; a single step would land on t = 0, so it alone starts at pure noise.
-        spacing = "linspace" if steps > 1 else "trailing"
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing=spacing)
-    else:
-        scheduler = DPMSolverMultistepScheduler(
-            **common,
-            algorithm_type="sde-dpmsolver++" if name == "dpmpp-sde" else "dpmsolver++",
-            solver_order=2,
-            timestep_spacing="trailing",
-            lower_order_final=True,
-            final_sigmas_type="zero",
-        )
-    scheduler.set_timesteps(steps)
-    # x0 estimates are clipped to +-1.5 in image units (a scaled residual's units scale with it)
-    return Sampler(name, scheduler, steps, eta, 1.5 * config.target_scale, config.prediction)
+    spec = SAMPLERS[name]
+    return Sampler(name, config, spec.updates(alphas_cumprod(config), trailing_timesteps(total, steps), eta))

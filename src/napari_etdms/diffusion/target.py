@@ -14,13 +14,14 @@ def upsample_condition(cond: torch.Tensor) -> torch.Tensor:
     return F.interpolate(cond, scale_factor=SCALE, mode="bicubic", align_corners=False)
 
 
-def to_target(hr: torch.Tensor, cond: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+def to_target(hr: torch.Tensor, upsampled: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+    """`upsampled`: the condition upsampled (`upsample_condition`) over the same pixels as `hr`."""
     if config.target == "residual":
-        return (hr - upsample_condition(cond)) * config.target_scale
+        return (hr - upsampled) * config.target_scale
     return hr
 
 
-def from_target(x0: torch.Tensor, cond: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
+def from_target(x0: torch.Tensor, upsampled: torch.Tensor, config: DiffusionConfig) -> torch.Tensor:
     if config.target == "residual":
-        return x0 / config.target_scale + upsample_condition(cond)
+        return x0 / config.target_scale + upsampled
     return x0

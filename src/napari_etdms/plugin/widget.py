@@ -113,7 +113,7 @@ class ETDMSWidget(QWidget):
         self.device = ComboBox(label="device", choices=devices, value="auto")
         auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
         self.device_info = Label(value=f"detected: {auto} (torch {torch.__version__})")
-        self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="dpmpp")
+        self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpmpp")
         self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
         self.samples = SpinBox(label="samples", min=1, max=64, value=DEFAULTS.samples,

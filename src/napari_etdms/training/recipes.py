@@ -131,7 +131,7 @@ class ConditionalDiffusion:
         trainer = self.trainer
         cond = self.condition(batch)
         base = cond if trainer.settings.residual_over == "condition" else batch["clean_lr"]
-        x0 = to_target(batch["clean_hr"], base, trainer.config.model.diffusion)
+        x0 = to_target(batch["clean_hr"], upsample_condition(base), trainer.config.model.diffusion)
         model_cond = trainer.net.condition(cond, batch["degraded"])
         return trainer.schedule.training_loss(lambda x_t, t: trainer.model(x_t, model_cond, t), x0,
                                               trainer.settings.loss)
@@ -149,8 +149,9 @@ class ConditionalDiffusion:
 
         clean_hr = batch["clean_hr"]
         x = sampler.sample(predict, clean_hr.shape, torch.Generator().manual_seed(0), device=trainer.device)
-        sr = from_target(x, cond, diffusion).cpu().clamp(-1.5, 1.5)
-        bicubic = upsample_condition(cond).cpu()
+        bicubic = upsample_condition(cond)
+        sr = from_target(x, bicubic, diffusion).cpu().clamp(-1.5, 1.5)
+        bicubic = bicubic.cpu()
         clean_hr = clean_hr.cpu()
         return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
                 "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}

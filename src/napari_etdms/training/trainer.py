@@ -77,7 +77,7 @@ class StageConfig(_Strict):
 
 
 class SamplerPreset(_Strict):
-    sampler: Literal[SAMPLERS] = DEFAULT_PRESET["sampler"]
+    sampler: Literal[tuple(SAMPLERS)] = DEFAULT_PRESET["sampler"]
     steps: int = Field(DEFAULT_PRESET["steps"], gt=0)
     data_consistency: bool = DEFAULT_PRESET["data_consistency"]
 

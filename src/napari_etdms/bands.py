@@ -1,0 +1,200 @@
+"""Stage 2 over a frame of any size: one global diffusion state, stepped in horizontal bands.
+
+At each sampling step the tiles of one row of the grid are predicted and taper-blended into
+a band buffer. Rows that no later tile reaches are then final for this step: they get their
+x0 estimate, the data-consistency projection and the sampler's per-pixel update, and are
+written back at once. The state is thus read and written once per step, a band at a time,
+in arrays that may be numpy arrays in memory or zarr arrays on disk (`ArrayFactory`), so a
+frame's x4 state need not fit in memory. The result is the same either way, and the same
+as stepping the whole frame at once: tiles only ever read rows of the current step.
+
+Each step's noise is drawn per NOISE_BLOCK x NOISE_BLOCK block from a seed of its own
+(seed, step, block), so a band of it is the same whichever bands are asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .diffusion.samplers import Sampler
+from .diffusion.target import from_target, to_target, upsample_condition
+from .models.clsr import SCALE
+from .tiling import TileGrid, taper
+
+NOISE_BLOCK = 256  # x4 px
+BAND_ROWS = 256  # x4 rows per band in the passes that are not tied to the tile grid (a multiple of SCALE)
+# bicubic reads two low-res rows either side of the one an output row falls in
+BICUBIC_REACH = 2
+
+TilePredictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x tiles, condition tiles, t)
+
+
+class ArrayFactory(Protocol):
+    def empty(self, name: str, shape: tuple[int, int]):
+        """A float32 2D array (numpy or zarr-like: row slices read as numpy and can be assigned)."""
+
+
+class MemoryArrays:
+    def empty(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        return np.zeros(shape, np.float32)
+
+
+def row_bands(height: int, rows: int = BAND_ROWS):
+    for top in range(0, height, rows):
+        yield top, min(top + rows, height)
+
+
+def read_rows(array, top: int, bottom: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array[top:bottom], dtype=np.float32))
+
+
+def upsample_rows(low_res: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """Rows [top, bottom) of `upsample_condition(low_res)` (x4 rows, multiples of SCALE),
+    computed from only the low-res rows they depend on: bit-identical to the whole frame's."""
+    height = low_res.shape[-2]
+    first = max(top // SCALE - BICUBIC_REACH, 0)
+    last = min(bottom // SCALE + BICUBIC_REACH, height)
+    up = upsample_condition(low_res[..., first:last, :])
+    return up[..., top - SCALE * first : bottom - SCALE * first, :]
+
+
+def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+    """The nearest frame whose 4x4 block means equal `low_res` (exact for area averaging)."""
+    residual = low_res - F.avg_pool2d(high_res, SCALE)
+    return high_res + F.interpolate(residual, scale_factor=SCALE, mode="nearest")
+
+
+class BlockNoise:
+    """Standard normal noise over a (height, width) x4 frame for one seed, block by block."""
+
+    def __init__(self, seed: int, width: int):
+        self.seed, self.width = seed, width
+        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None  # a band's last block row is the next's first
+
+    def _block_row(self, step: int, index: int) -> torch.Tensor:
+        if self._cached is not None and self._cached[0] == (step, index):
+            return self._cached[1]
+        blocks = []
+        for column in range(-(-self.width // NOISE_BLOCK)):
+            entropy = [self.seed, step + 1, index, column]  # step -1: the starting noise
+            seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
+            blocks.append(torch.randn(NOISE_BLOCK, NOISE_BLOCK, generator=torch.Generator().manual_seed(seed)))
+        row = torch.cat(blocks, dim=1)[:, : self.width]
+        self._cached = ((step, index), row)
+        return row
+
+    def rows(self, step: int, top: int, bottom: int) -> torch.Tensor:
+        first, last = top // NOISE_BLOCK, -(-bottom // NOISE_BLOCK)
+        strip = torch.cat([self._block_row(step, i) for i in range(first, last)])
+        return strip[top - first * NOISE_BLOCK : bottom - first * NOISE_BLOCK]
+
+
+class BandedChain:
+    """Draws of stage 2 for one frame (padded to `grid`), into x4 arrays from `arrays`."""
+
+    def __init__(self, sampler: Sampler, grid: TileGrid, predict: TilePredictor, condition: torch.Tensor,
+                 restored: torch.Tensor, diffusion, arrays: ArrayFactory, data_consistency: bool,
+                 batch_size: int, tick: Callable[[], None]):
+        if grid.context:
+            raise ValueError("stage 2's tiles take no context")
+        self.sampler, self.grid, self.predict = sampler, grid, predict
+        self.condition, self.restored, self.diffusion = condition, restored, diffusion
+        self.data_consistency, self.batch_size, self.tick = data_consistency, batch_size, tick
+        self.shape = (SCALE * grid.height, SCALE * grid.width)
+        self.state = arrays.empty("state", self.shape)
+        self.previous = arrays.empty("previous", self.shape) if sampler.uses_previous else None
+        origins = grid.origins
+        self.tile_rows = sorted({y for y, _ in origins})
+        self.tile_columns = sorted({x for _, x in origins})
+        side = taper(grid.tile * SCALE, grid.overlap * SCALE // 2)
+        self.tile_weight = side[:, None] * side[None, :]
+        # the taper weights' sum at each pixel: a product, since every tile row has the same columns
+        self.row_total = self._placed(side, self.tile_rows, self.shape[0])
+        self.column_total = self._placed(side, self.tile_columns, self.shape[1])
+
+    @staticmethod
+    def _placed(side: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
+        total = torch.zeros(length)
+        for start in starts:
+            total[SCALE * start : SCALE * start + len(side)] += side
+        return total
+
+    def draw(self, seed: int):
+        """One chain from pure noise; returns the x4 array of the draw's target x0."""
+        noise = BlockNoise(seed, self.shape[1])
+        for top, bottom in row_bands(self.shape[0]):
+            self.state[top:bottom] = noise.rows(-1, top, bottom).numpy()
+        for k in range(self.sampler.steps):
+            self._step(k, noise)
+        return self.state
+
+    def _step(self, k: int, noise: BlockNoise) -> None:
+        tile, t = self.grid.tile, self.sampler.updates[k].t
+        span = SCALE * tile
+        carried = torch.zeros(0, self.shape[1])
+        for i, y in enumerate(self.tile_rows):
+            top = SCALE * y
+            band = read_rows(self.state, top, top + span)
+            blended = torch.zeros(span, self.shape[1])
+            blended[: len(carried)] = carried
+            for start in range(0, len(self.tile_columns), self.batch_size):
+                columns = self.tile_columns[start : start + self.batch_size]
+                x_tiles = torch.stack([band[None, :, SCALE * x : SCALE * x + span] for x in columns])
+                c_tiles = torch.cat([self.condition[..., y : y + tile, x : x + tile] for x in columns])
+                out = self.predict(x_tiles, c_tiles, t).float().cpu()
+                for j, x in enumerate(columns):
+                    blended[:, SCALE * x : SCALE * x + span] += out[j, 0] * self.tile_weight
+                self.tick()
+            # rows above the next tile row are complete for this step
+            end = SCALE * self.tile_rows[i + 1] if i + 1 < len(self.tile_rows) else self.shape[0]
+            done = end - top
+            output = blended[:done] / (self.row_total[top:end, None] * self.column_total[None, :])
+            self._update_rows(k, top, end, band[:done], output, noise)
+            carried = blended[done:]
+
+    def _update_rows(self, k, top, end, x, output, noise: BlockNoise) -> None:
+        update = self.sampler.updates[k]
+        x0 = self.sampler.x0_estimate(k, output, x)
+        if self.data_consistency:
+            upsampled = upsample_rows(self.restored, top, end)[0, 0]
+            measured = self.restored[..., top // SCALE : end // SCALE, :]
+            high_res = from_target(x0, upsampled, self.diffusion)[None, None]
+            x0 = to_target(project_onto_low_res(high_res, measured)[0, 0], upsampled, self.diffusion)
+        previous = read_rows(self.previous, top, end) if update.previous else None
+        fresh = noise.rows(k, top, end) if update.noise else None
+        self.state[top:end] = self.sampler.update(k, x, x0, previous, fresh).numpy()
+        if self.previous is not None:
+            self.previous[top:end] = x0.numpy()
+
+
+class DrawStatistics:
+    """The mean of the draws (image units, x4 padded frame) and, when asked, the sum of
+    squared deviations from it, updated band by band as each draw ends (Welford's update,
+    stable in float32)."""
+
+    def __init__(self, arrays: ArrayFactory, shape: tuple[int, int], spread: bool):
+        self.mean = arrays.empty("mean", shape)
+        self.squares = arrays.empty("squares", shape) if spread else None
+        self.count = 0
+
+    def add(self, target, restored: torch.Tensor, diffusion) -> None:
+        self.count += 1
+        for top, bottom in row_bands(self.mean.shape[0]):
+            draw = from_target(read_rows(target, top, bottom), upsample_rows(restored, top, bottom)[0, 0], diffusion)
+            if self.count == 1:
+                self.mean[top:bottom] = draw.numpy()
+                continue
+            mean = read_rows(self.mean, top, bottom)
+            moved = mean + (draw - mean) / self.count
+            self.mean[top:bottom] = moved.numpy()
+            if self.squares is not None:
+                squares = read_rows(self.squares, top, bottom) + (draw - mean) * (draw - moved)
+                self.squares[top:bottom] = squares.numpy()
+
+    def std_rows(self, top: int, bottom: int) -> torch.Tensor:
+        return (read_rows(self.squares, top, bottom) / (self.count - 1)).clamp_min(0).sqrt()
