@@ -56,7 +56,7 @@ def test_banded_chain_equals_stepping_the_whole_frame(name, consistency):
     x, previous = noise.rows(-1, 0, 160)[None, None], None
     upsampled = upsample_condition(restored)
     for k, t in enumerate(sampler.timesteps):
-        output = blend_tiles(lambda a, b: _predict_tiles(a, b, t), [(x, 4), (restored, 1)], grid, 4, 1)
+        output = blend_tiles(lambda a, b, t=t: _predict_tiles(a, b, t), [(x, 4), (restored, 1)], grid, 4, 1)
         x0 = sampler.x0_estimate(k, output, x)
         if consistency:
             x0 = to_target(project_onto_low_res(from_target(x0, upsampled, config), restored), upsampled, config)

@@ -92,6 +92,7 @@ def test_samples_give_mean_std_and_data_consistency(tiny_pipeline):
     assert three.std.shape == (128, 128) and (three.std >= 0).all() and three.std.max() > 0
     draws = [tiny_pipeline.run(frame, seed=s, **FAST).super_resolved for s in range(3)]
     assert np.allclose(three.super_resolved, np.mean(draws, axis=0), atol=1e-3 * np.ptp(frame))
+    assert np.allclose(three.std, np.std(draws, axis=0, ddof=1), atol=1e-3 * np.ptp(frame))
     assert np.isfinite(three.consistency_psnr)
     assert three.metadata["samples"] == 3
     # one definition of data consistency, shared with `etdms eval`

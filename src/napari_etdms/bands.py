@@ -50,7 +50,8 @@ def row_bands(height: int, rows: int = BAND_ROWS):
 
 
 def read_rows(array, top: int, bottom: int) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array[top:bottom], dtype=np.float32))
+    """A copy: a view of a numpy array would change under the writes that follow."""
+    return torch.from_numpy(np.array(array[top:bottom], dtype=np.float32))
 
 
 def upsample_rows(low_res: torch.Tensor, top: int, bottom: int) -> torch.Tensor:

@@ -33,12 +33,14 @@ from .io import (
     is_our_output,
     iter_image_files,
     read_frame,
+    remove_file_or_folder,
     remove_stale_temporaries,
     tiff_writer,
     write_files_atomically,
 )
 from .pipeline import Pipeline, Result
 from .settings import DEFAULTS, RunSettings
+from .zarr_io import zarr_stem
 
 # what fails one file and lets the batch go on (anything else stops the batch)
 FILE_ERRORS = (ReadError, ValueError, FileExistsError, MemoryError, OSError)
@@ -72,7 +74,7 @@ def output_paths(out_dir: Path, source: Path, output_format: str = "auto") -> di
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format '{output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
     extension = ".ome.zarr" if output_format == "zarr" or (output_format == "auto" and zarr_input) else ".tif"
-    stem = source.name[: -len(ZARR_SUFFIX)].removesuffix(".ome") if zarr_input else source.stem
+    stem = zarr_stem(source) if zarr_input else source.stem
     return {field: out_dir / f"{stem}_{suffix}{extension}" for field, suffix in OUTPUT_NAMES.items()}
 
 
@@ -130,7 +132,17 @@ def write_outputs(job: FileJob, result: Result, pixel_size_nm: float | None, pro
     pixels = _pixel_sizes(job, pixel_size_nm)
     writes = {out: tiff_writer(out, getattr(result, field), pixels[field], provenance | {"layer": field})
               for field, out in job.outputs.items() if getattr(result, field) is not None}
-    return write_files_atomically(writes, overwrite=overwrite)
+    return publish(job, writes, overwrite)
+
+
+def publish(job: FileJob, writes: dict, overwrite: bool, folders: bool = False) -> list[Path]:
+    """The outputs as one set; when overwriting, an earlier run's outputs that this run did
+    not make (e.g. its x4 output, now with --no-sr) go too, or the set would mix two runs."""
+    published = write_files_atomically(writes, overwrite=overwrite, folders=folders)
+    if overwrite:
+        for out in set(job.outputs.values()) - set(published):
+            remove_file_or_folder(out)
+    return published
 
 
 def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSettings, progress=None) -> Result:
@@ -148,7 +160,7 @@ def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSetting
         made = {field: getattr(result, field) for field in job.outputs if getattr(result, field) is not None}
         staged = arrays.finish(made, _pixel_sizes(job, frame.pixel_size_nm), _provenance(job, result, frame))
         moves = {job.outputs[field]: functools.partial(os.replace, folder) for field, folder in staged.items()}
-        write_files_atomically(moves, overwrite=batch.overwrite, folders=True)
+        publish(job, moves, batch.overwrite, folders=True)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("inputs", nargs="*", metavar="INPUT",
                        help="TIFF (8/16-bit), PNG or OME-Zarr (.zarr) images, or folders of them")
     infer.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
-    infer.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never touched)")
+    infer.add_argument("--overwrite", action="store_true",
+                       help="replace each input's existing outputs as a set, removing those of an earlier run that "
+                       "this run does not make (inputs are never touched)")
     infer.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto",
                        help="tiff, or zarr: OME-Zarr multiscale with the x4 arrays kept on disk (napari-etdms[zarr]); "
                        "auto (default): zarr for OME-Zarr inputs, else tiff")

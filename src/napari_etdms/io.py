@@ -571,11 +571,11 @@ def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]
     except BaseException:
         if not overwrite:
             for path in published:
-                _remove(path)
+                remove_file_or_folder(path)
         raise
     finally:
         for tmp in temporaries.values():
-            _remove(Path(tmp))
+            remove_file_or_folder(Path(tmp))
     return paths
 
 
@@ -586,10 +586,11 @@ def _publish_folder(tmp: str, path: Path) -> None:
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
     os.replace(path, aside)  # onto the empty folder just made
     os.rename(tmp, path)
-    _remove(aside)
+    remove_file_or_folder(aside)
 
 
-def _remove(path: Path) -> None:
+def remove_file_or_folder(path: Path) -> None:
+    """A file or a whole folder (an OME-Zarr image); nothing if it is not there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
@@ -606,7 +607,7 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = 600.
     stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}")
              if p.stat().st_mtime < cutoff]
     for p in stale:
-        _remove(p)
+        remove_file_or_folder(p)
     return stale
 
 

@@ -1,4 +1,5 @@
-"""napari reader: SEM TIFF/PNG frames with pixel size (nm) as layer scale and the databar as a hidden layer.
+"""napari reader: SEM TIFF/PNG frames with pixel size (nm) as layer scale and the databar as a hidden layer,
+and OME-Zarr images (our x4 outputs) as multiscale layers.
 
 All file and metadata logic lives in `napari_etdms.io` (no napari or Qt import needed here).
 """
@@ -8,20 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES, Frame, read_frame
+from ..io import IMAGE_SUFFIXES, ZARR_SUFFIX, Frame, read_frame
 
 UNIT = "nm"
 _FIRST_AXIS = {"T": "t", "C": "c", "S": "c"}
 
 
 def napari_get_reader(path):
-    """Return `read_sem` when every path is a TIFF or PNG file name, else None. Cheap (looks at names
-    only) and never raises: unreadable files are reported by `read_sem` itself."""
+    """Return `read_sem` when every path is a TIFF or PNG file name or a .zarr folder, else None. Cheap
+    (looks at names only) and never raises: unreadable files are reported by `read_sem` itself."""
     try:
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
             return None
-        if not all(Path(p).suffix.lower() in IMAGE_SUFFIXES for p in paths):
+        if not all(Path(p).suffix.lower() in (*IMAGE_SUFFIXES, ZARR_SUFFIX) for p in paths):
             return None
     except Exception:  # noqa: BLE001  napari may pass anything; never raise from here
         return None
@@ -34,8 +35,28 @@ def read_sem(path) -> list[tuple]:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers = []
     for p in paths:
-        layers.extend(frame_layers(read_frame(p)))
+        if Path(p).suffix.lower() == ZARR_SUFFIX:
+            layers.append(ome_zarr_layer(Path(p)))
+        else:
+            layers.extend(frame_layers(read_frame(p)))
     return layers
+
+
+def ome_zarr_layer(path: Path) -> tuple:
+    """A multiscale layer of lazy (dask) levels: napari reads only the tiles it shows."""
+    from ..io import ReadError
+    from ..zarr_io import multiscale_layer, zarr_stem
+
+    try:
+        levels, px, provenance = multiscale_layer(path)
+    except Exception as err:  # ImportError included: its message names the extra to install
+        raise ReadError(f"{path}: cannot open it as OME-Zarr ({err})") from None
+    kwargs = {"name": zarr_stem(path), "multiscale": len(levels) > 1, "scale": (px, px) if px else (1.0, 1.0),
+              "axis_labels": ("y", "x"),
+              "metadata": {"pixel_size_nm": px, "source_path": str(path), "provenance": provenance}}
+    if px:
+        kwargs["units"] = (UNIT, UNIT)
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
 def frame_layers(frame: Frame, name: str | None = None) -> list[tuple]:
