@@ -211,3 +211,20 @@ def test_the_noise_is_described_in_a_microscopist_s_terms():
     read_only = NoiseModel(gain=1e-5, offset=0.009)  # a dose with no meaning: shot noise is 0.05 % of it
     assert read_only.describe(0, 1).startswith("mostly signal-independent noise, std 9.5 %")
     assert NoiseModel(0.0, 0.0).describe(0, 1).startswith("no noise found")
+
+
+def test_large_frames_are_measured_on_a_bounded_central_window():
+    from napari_etdms.noise import NOISE_SAMPLE_PIXELS, frame_noise, noise_sample
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(100, 5, (64, 64))
+    assert noise_sample(small) is small
+    wide = np.zeros((3000, 5000))
+    sample = noise_sample(wide)
+    assert sample.size <= NOISE_SAMPLE_PIXELS and sample.shape == (2048, 2048) and np.shares_memory(sample, wide)
+    tall = np.zeros((9000, 1000))
+    assert noise_sample(tall).shape == (4194, 1000)  # whole rows where they fit
+    frame = rng.normal(100, 5, (2100, 2100))  # white noise of std 5: the window measures it
+    model, source = frame_noise(frame)
+    assert "on the central 2048x2048 px" in source
+    assert model.gain * 100 + model.offset == pytest.approx(25, rel=0.05)

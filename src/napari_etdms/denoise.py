@@ -17,16 +17,28 @@ import torch
 from .noise import Stabiliser
 
 
+ROWS_PER_CHUNK = 256  # the transforms run in float64: by bands of rows, a large frame's copies stay small
+
+
+def _by_rows(transform: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A pixel-wise float64 `transform` of (B, 1, H, W) frames, band by band, as float32."""
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for top in range(0, x.shape[-2], ROWS_PER_CHUNK):
+        rows = slice(top, top + ROWS_PER_CHUNK)
+        out[..., rows, :] = transform(x[..., rows, :].double())
+    return out
+
+
 class NoiseAwareInput:
     """The stabilised frame and the noise level the network is told, for one batch of frames."""
 
     def __init__(self, x: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor, strength: float = 1.0):
         self.stabiliser = Stabiliser(gain, offset)
-        self.stabilised = self.stabiliser.forward((x.double() + 1.0) * 0.5).float()
+        self.stabilised = _by_rows(lambda rows: self.stabiliser.forward((rows + 1.0) * 0.5), x)
         self.level = (self.stabiliser.sigma * strength).float()
 
     def restore(self, stabilised_output: torch.Tensor) -> torch.Tensor:
-        return (self.stabiliser.inverse(stabilised_output.double()) * 2.0 - 1.0).float()
+        return _by_rows(lambda rows: self.stabiliser.inverse(rows) * 2.0 - 1.0, stabilised_output)
 
 
 def apply_denoiser(
