@@ -21,6 +21,7 @@ from napari_etdms.degradation import DegradationConfig
 from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
 from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.pipeline import Pipeline
+from napari_etdms.settings import RunSettings
 
 SETTINGS = {
     # one step from pure noise: a v model's estimate of the mean given the condition
@@ -66,7 +67,7 @@ def main() -> None:
     chosen = {k: v for k, v in SETTINGS.items() if not args.only or any(part in k for part in args.only)}
     for label, options in chosen.items():
         started = time.perf_counter()
-        reports = [evaluate_frame(pipeline, image, path.stem, i, DegradationConfig(), options)[0]
+        reports = [evaluate_frame(pipeline, image, path.stem, i, DegradationConfig(), RunSettings(**options))[0]
                    for i, (path, image) in enumerate(zip(frames, clean))]
         seconds = (time.perf_counter() - started) / len(frames)
         summary = summarise(reports)

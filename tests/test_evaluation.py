@@ -24,6 +24,7 @@ from napari_etdms.evaluation import (
 )
 from napari_etdms.intensity import SIGNAL_SMOOTHING, IntensityMap
 from napari_etdms.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
+from napari_etdms.settings import RunSettings
 
 QUICK = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -89,7 +90,7 @@ def test_evaluation_writes_report_figures_and_learned_metrics(tiny_pipeline, cle
     torch.export.save(torch.export.export(PatchStats(), (torch.rand(4, 3, 64, 64),), dynamic_shapes=({0: batch},)),
                       tmp_path / "features.pt2")
     out = tmp_path / "report"
-    outcome = run_evaluation(tiny_pipeline, clean_frames, out, crop=None, run_options=dict(samples=2, **QUICK),
+    outcome = run_evaluation(tiny_pipeline, clean_frames, out, crop=None, settings=RunSettings(samples=2, **QUICK),
                              lpips_weights=tmp_path / "lpips.pt2", fid_weights=tmp_path / "features.pt2")
     assert {p.name for p in out.iterdir()} == {"report.md", "metrics.csv", "summary.json", "crops.png", "metrics.png"}
     summary = json.loads((out / "summary.json").read_text())["summary"]
@@ -259,7 +260,7 @@ def test_nlm_baseline_beats_bicubic_of_the_noisy_frame():
 
 def test_dose_sweep_has_every_kind_dose_and_method_and_holds_out_sources(tiny_pipeline, sourced_frames, tmp_path):
     out = tmp_path / "sweep"
-    outcome = run_evaluation(tiny_pipeline, sourced_frames, out, crop=None, run_options=QUICK,
+    outcome = run_evaluation(tiny_pipeline, sourced_frames, out, crop=None, settings=RunSettings(**QUICK),
                              doses=[30.0, CLEAN], held_out_sources=["beta"])
     assert {p.name for p in out.iterdir()} == {"report.md", "metrics.csv", "summary.json", "dose-sweep.png"}
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -292,7 +293,7 @@ def test_bm3d_missing_is_reported_as_skipped(tiny_pipeline, sourced_frames, tmp_
     assert baselines.unavailable(["nlm", "bm3d"]) == {"bm3d": "skipped, install napari-etdms[baselines]"}
     out = tmp_path / "no-bm3d"
     outcome = run_evaluation(tiny_pipeline, sourced_frames[:1], out, crop=None, held_out_sources=["alpha"],
-                             run_options=dict(super_resolve=False, **QUICK))
+                             settings=RunSettings(super_resolve=False, **QUICK))
     report = (out / "report.md").read_text()
     # one degradation: held-out and same-source rows apart (here no same-source frame), and per-source rows
     assert "| Held-out sources (never trained on: alpha; 1 frame) | " in report
@@ -344,3 +345,19 @@ def test_noisy_truths_are_down_sampled_and_flat_centres_avoided(tmp_path):
     frame[:100, :100] = sem_like((100, 100), np.float32, seed=4)
     crop = content_crop(frame, 96)
     assert np.ptp(crop) > 0.5 and np.array_equal(content_crop(clean, 96), clean[80:176, 80:176])
+
+
+def test_eval_names_a_bad_frame_and_goes_on_and_checks_its_folder_first(tiny_weights, clean_frames, tmp_path,
+                                                                        capsys):
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00 not a tiff")
+    common = ["-w", str(tiny_weights.folder), "--steps", "2", "--tile", "32", "--overlap", "8", "--baselines", "none"]
+    out = tmp_path / "report"
+    assert main(["eval", str(clean_frames[0]), str(corrupt), "-o", str(out), "--crop", "0", *common]) == 0
+    report = (out / "report.md").read_text()
+    assert "- frame corrupt.tif: not evaluated:" in report and "may be corrupt" in report
+    assert {r["frame"] for r in csv.DictReader((out / "metrics.csv").open())} == {"clean0"}
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert main(["eval", str(clean_frames[0]), "-o", str(blocked / "sub"), *common]) == 2  # before any work
+    assert "cannot write outputs there" in capsys.readouterr().err

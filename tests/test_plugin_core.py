@@ -54,6 +54,15 @@ def test_job_yields_progress_and_returns_results(tiny_weights):
     assert events[-1].done == events[-1].total and events[-1].eta_s == pytest.approx(0, abs=1e-6)
 
 
+def test_a_bad_slice_stops_the_job_and_is_named(tiny_weights):
+    from napari_etdms.pipeline import InputError
+
+    stack = [sem_like((32, 32)), np.full((32, 32), 7, np.uint16), sem_like((32, 32), seed=1)]
+    job = Job(stack, str(tiny_weights.folder), "cpu", "float32", RunSettings(sampler="ddim", steps=1, tile=32))
+    with pytest.raises(InputError, match="slice 1: the frame is constant"):
+        _drain(run_job(job, threading.Event()))
+
+
 def test_cancelled_job_returns_nothing(tiny_weights):
     cancel = threading.Event()
     job = Job([sem_like((32, 32))], str(tiny_weights.folder), "cpu", "float32",

@@ -1,4 +1,5 @@
-"""Frames through the pipeline in a batch, as `etdms infer` runs them.
+"""Frames through the pipeline in a batch: `etdms infer`'s files, `etdms eval`'s frames and
+the widget's slices all run through `run_serially` (or `run_distributed` on a cluster).
 
 Everything that can be checked is checked before any compute: the output folder (created,
 writable), each input's output files (not an input, not another input's, not already there
@@ -20,9 +21,10 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -56,6 +58,50 @@ OUTPUT_NAMES = {  # Result field -> file name suffix
 
 class OutputFolderError(OSError):
     """The output folder cannot be created or written to."""
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    item: int  # 0-based index of the item being processed
+    items: int
+    done: int  # the item's own progress: tile batches done of `total`
+    total: int
+    stage: str
+
+    @property
+    def fraction(self) -> float:
+        """Of the whole batch, counting every item as the same amount of work."""
+        return (self.item + (self.done / self.total if self.total else 0.0)) / self.items
+
+
+def run_serially(items: Sequence[Item], work: Callable[[Item, Callable[[int, int, str], None]], Any],
+                 report: Callable[[Item, Any, BaseException | None], None] | None = None,
+                 progress: Callable[[BatchProgress], None] | None = None,
+                 stop_on_error: bool = False) -> list[Any]:
+    """The batch's serial executor: `work(item, item_progress)` for each item in turn, with
+    `item_progress(done, total, stage)` relayed to `progress` as the batch's. `report(item,
+    result, error)` as each item ends. An item that fails with one of FILE_ERRORS is reported
+    and the others go on (its result is None), unless `stop_on_error`; any other error (a
+    cancel, a bug) stops the batch."""
+    results = []
+    for index, item in enumerate(items):
+        def item_progress(done: int, total: int, stage: str, index: int = index) -> None:
+            if progress is not None:
+                progress(BatchProgress(index, len(items), done, total, stage))
+
+        try:
+            result, error = work(item, item_progress), None
+        except FILE_ERRORS as err:
+            if stop_on_error:
+                raise
+            result, error = None, err
+        if report is not None:
+            report(item, result, error)
+        results.append(result)
+    return results
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,7 @@ def _load_pipeline(args):
 
 
 def _infer_files(args, files: list[Path]) -> int:
-    from .batch import FILE_ERRORS, BatchSettings, OutputFolderError, plan, process_file
+    from .batch import BatchSettings, OutputFolderError, plan, process_file, run_serially
     from .zarr_io import require_zarr
 
     try:
@@ -303,18 +303,21 @@ def _infer_files(args, files: list[Path]) -> int:
         failures = _infer_distributed(args, jobs, batch)
     else:
         pipeline = _load_pipeline(args)
-        failures = 0
-        for job in jobs:
+
+        def work(job, _batch_progress):  # a bar per file instead
             bar, update = _progress_bar(job.source.name)
             try:
-                line = process_file(job, batch, pipeline, update)
-            except FILE_ERRORS as err:
-                failures += 1
-                print(f"{job.source}: error: {err}", file=sys.stderr, flush=True)
-                continue
+                return process_file(job, batch, pipeline, update)
             finally:
                 bar.close()
-            print(f"{job.source}: {line} -> {args.output}", flush=True)
+
+        def report(job, line, error):
+            if error is None:
+                print(f"{job.source}: {line} -> {args.output}", flush=True)
+            else:
+                print(f"{job.source}: error: {error}", file=sys.stderr, flush=True)
+
+        failures = sum(line is None for line in run_serially(jobs, work, report))
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return EXIT_ERROR if failures else EXIT_OK
@@ -480,6 +483,7 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .batch import OutputFolderError, check_output_folder
     from .evaluation import DEGRADATION_KINDS, parse_doses, run_evaluation, split_held_out_sources
     from .frames import validation_frames
     from .io import iter_image_files
@@ -505,11 +509,16 @@ def cmd_eval(args) -> int:
         print("no frames to evaluate: give files, folders or --split", file=sys.stderr)
         return EXIT_USAGE
     degradation = _degradation(args.degradation)
+    try:
+        check_output_folder(args.output)
+    except OutputFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     pipeline = _load_pipeline(args)
     bar, update = _progress_bar("eval")
     try:
         run_evaluation(pipeline, files, args.output, args.seed, args.crop or None, degradation,
-                       run_options=_run_options(args), lpips_weights=args.lpips_weights,
+                       settings=args.settings, lpips_weights=args.lpips_weights,
                        fid_weights=args.fid_weights, progress=update, doses=doses, kinds=kinds,
                        held_out_sources=held_out, baselines=baselines, max_frames=args.max_frames,
                        max_truth_noise=args.max_truth_noise)

@@ -16,7 +16,6 @@ import torch
 
 from .noise import Stabiliser
 
-
 ROWS_PER_CHUNK = 256  # the transforms run in float64: by bands of rows, a large frame's copies stay small
 
 

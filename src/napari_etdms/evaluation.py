@@ -22,15 +22,17 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import baselines as classical
+from .batch import check_output_folder, run_serially
 from .degradation import SCALE, DegradationConfig, degrade
 from .frames import load_ground_truth
 from .metrics import consistency_psnr, frc_resolution, match_to_reference, matched_psnr, matched_ssim, nrmse
+from .settings import DEFAULTS, RunSettings
 
 PIPELINE_METHODS = {
     "bicubic_input": "bicubic of degraded",
@@ -198,11 +200,11 @@ def score(reference: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
 
 
 def evaluate_frame(pipeline, clean_hr: np.ndarray, name: str, seed: int, degradation: DegradationConfig,
-                   run_options: dict, baselines=()) -> tuple[FrameReport, dict[str, np.ndarray]]:
+                   settings: RunSettings = DEFAULTS, baselines=()) -> tuple[FrameReport, dict[str, np.ndarray]]:
     """Degrade one frame, run the pipeline once (bicubic, stage 1 + bicubic and ETDMS come
     together) and the named classical baselines on the degraded frame, and score each."""
     degraded, clean_lr, hr = degrade(clean_hr, np.random.default_rng(seed), degradation)
-    result = pipeline.run(degraded, seed=seed, **run_options)
+    result = pipeline.run_with(degraded, replace(settings, seed=seed))
     images = {"degraded": degraded, "clean_lr": clean_lr, "ground_truth": hr}
     # each x4 output is held to the low-res frame it was upsampled from
     upsampled_from = {"bicubic_input": degraded, "bicubic_denoised": result.denoised,
@@ -656,13 +658,14 @@ def _optional_metric_status(lpips_weights, fid_weights, sweep: bool) -> dict[str
     return status
 
 
-def _settings(pipeline, reports: list[FrameReport], seed: int, crop, frames: int, run_options: dict,
+def _settings(pipeline, reports: list[FrameReport], seed: int, crop, frames: int, run: RunSettings,
               degradation: DegradationConfig, baselines, held_out: set[str]) -> dict:
     chosen = ("sampler", "steps", "eta", "data_consistency")  # as resolved from the weights' preset
     resolved = {key: reports[0].run.get(key) for key in chosen} if reports else {}
     if reports:  # the tile batch actually used (None asks for the device's default)
         resolved["batch_size"] = reports[0].run["tiling"]["batch_size"]
-    settings = {"seed": seed, "crop": crop, "frames": frames, **run_options, **resolved,
+    chosen_by_user = {key: value for key, value in asdict(run).items() if key != "seed"}
+    settings = {"seed": seed, "crop": crop, "frames": frames, **chosen_by_user, **resolved,
                 "weights": pipeline.weights_provenance.get("name"),
                 "weights_hash": pipeline.weights_provenance.get("hash"),
                 "software": reports[0].run.get("software") if reports else None,
@@ -674,7 +677,7 @@ def _settings(pipeline, reports: list[FrameReport], seed: int, crop, frames: int
 
 
 def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, crop: int | None = 512,
-                   degradation: DegradationConfig = DegradationConfig(), run_options: dict | None = None,
+                   degradation: DegradationConfig = DegradationConfig(), settings: RunSettings = DEFAULTS,
                    lpips_weights: Path | None = None, fid_weights: Path | None = None, progress=None, *,
                    doses: list[float | str] | None = None, kinds=DEGRADATION_KINDS, held_out_sources=(),
                    baselines=tuple(classical.BASELINES), max_frames: int | None = None,
@@ -689,49 +692,84 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
     reported apart. A baseline whose dependency is missing is reported as skipped.
     `max_truth_noise`: truths noisier than this are area down-sampled first
     (`frames.load_ground_truth`); each truth is cropped where it has content (`content_crop`).
+
+    The output folder is checked before any work (`batch.OutputFolderError`). Frames run
+    through the batch runner: one that cannot be read or run is named in the report's notes
+    and the others go on.
     """
-    run_options = run_options or {}
+    check_output_folder(out_dir)
     held_out = set(held_out_sources)
     skipped = {classical.BASELINES[name].short: reason for name, reason in classical.unavailable(baselines).items()}
     runnable = [name for name in baselines if classical.BASELINES[name].short not in skipped]
     frames = pick_frames(frames, max_frames)
     if doses is None:
-        return _single(pipeline, frames, out_dir, seed, crop, degradation, run_options, lpips_weights, fid_weights,
+        return _single(pipeline, frames, out_dir, seed, crop, degradation, settings, lpips_weights, fid_weights,
                        progress, runnable, skipped, held_out, max_truth_noise)
     kinds = list(dict.fromkeys(kinds))
     points = [(kind, dose, dose_degradation(kind, dose, degradation)) for kind in kinds for dose in doses]
-    reports: list[FrameReport] = []
-    for i, path in enumerate(frames):
+
+    def sweep_frame(i, frame_progress):
+        path = frames[i]
         clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
+        frame_reports = []
         for j, (kind, dose, config) in enumerate(points):
-            report, _ = evaluate_frame(pipeline, clean, path.stem, seed + i, config, run_options, runnable)
+            report, _ = evaluate_frame(pipeline, clean, path.stem, seed + i, config, settings, runnable)
             report.kind, report.dose = kind, dose_label(dose)
-            reports.append(report)
-            if progress:
-                progress(i * len(points) + j + 1, len(frames) * len(points), f"{path.name} {kind} {report.dose}")
+            frame_reports.append(report)
+            frame_progress(j + 1, len(points), f"{path.name} {kind} {report.dose}")
+        return frame_reports
+
+    outcomes = run_serially(range(len(frames)), sweep_frame, _failures_into(skipped, frames),
+                            _overall(progress))
+    reports = [report for frame_reports in outcomes if frame_reports for report in frame_reports]
     sweep = {kind: {dose_label(dose): summarise_groups([r for r in reports if r.kind == kind
                                                         and r.dose == dose_label(dose)], held_out)
                     for dose in doses} for kind in kinds}
-    settings = _settings(pipeline, reports, seed, crop, len(frames), run_options, degradation, runnable, held_out)
-    settings |= {"doses": [dose_label(d) for d in doses], "kinds": kinds, "max_truth_noise": max_truth_noise}
+    recorded = _settings(pipeline, reports, seed, crop, len(frames), settings, degradation, runnable, held_out)
+    recorded |= {"doses": [dose_label(d) for d in doses], "kinds": kinds, "max_truth_noise": max_truth_noise}
     optional = _optional_metric_status(lpips_weights, fid_weights, sweep=True)
-    write_sweep_reports(out_dir, reports, sweep, settings, optional, skipped, held_out)
+    write_sweep_reports(out_dir, reports, sweep, recorded, optional, skipped, held_out)
     dose_sweep_figure(out_dir / "dose-sweep.png", sweep, held_out)
     return {"sweep": sweep, "reports": reports, "optional": optional, "skipped": skipped}
 
 
-def _single(pipeline, frames, out_dir, seed, crop, degradation, run_options, lpips_weights, fid_weights, progress,
+def _failures_into(skipped: dict[str, str], frames: list[Path]):
+    """The batch runner's report: a frame that failed is named in the report's notes."""
+
+    def report(i, _result, error):
+        if error is not None:
+            skipped[f"frame {frames[i].name}"] = f"not evaluated: {error}"
+
+    return report
+
+
+def _overall(progress):
+    """The batch runner's progress as `progress(done, total, label)` over all frames."""
+    if progress is None:
+        return None
+    return lambda p: progress(p.item * p.total + p.done, p.items * p.total, p.stage)
+
+
+def _single(pipeline, frames, out_dir, seed, crop, degradation, settings, lpips_weights, fid_weights, progress,
             baselines, skipped, held_out, max_truth_noise) -> dict:
     reports, examples = [], []
     learned: dict[str, list[np.ndarray]] = {}
-    for i, path in enumerate(frames):
+
+    def evaluate(i, frame_progress):
+        path = frames[i]
         clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
-        report, images = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, run_options, baselines)
+        evaluated = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, settings, baselines)
+        frame_progress(1, 1, path.name)
+        return evaluated
+
+    for evaluated in run_serially(range(len(frames)), evaluate, _failures_into(skipped, frames),
+                                  _overall(progress)):
+        if evaluated is None:
+            continue
+        report, images = evaluated
         reports.append(report)
         if len(examples) < 4:
-            examples.append((path.stem, images))
-        if progress:
-            progress(i + 1, len(frames), path.name)
+            examples.append((report.name, images))
         if lpips_weights or fid_weights:
             for method in report.metrics:
                 learned.setdefault(method, []).append(images[method])
@@ -746,8 +784,8 @@ def _single(pipeline, frames, out_dir, seed, crop, degradation, run_options, lpi
         values = {m: patch_fid(fid_weights, learned["ground_truth"], learned[m]) for m in labels}
         optional["FID"] = ", ".join(f"{labels[m]} {v[0]:.2f}" for m, v in values.items()) + (
             f" (lower is better; {next(iter(values.values()))[1]} patches of 64 px per set)")
-    settings = _settings(pipeline, reports, seed, crop, len(frames), run_options, degradation, baselines, held_out)
-    write_reports(out_dir, reports, summary, settings, optional, skipped, held_out)
+    recorded = _settings(pipeline, reports, seed, crop, len(frames), settings, degradation, baselines, held_out)
+    write_reports(out_dir, reports, summary, recorded, optional, skipped, held_out)
     crop_grid_figure(out_dir / "crops.png", examples)
     metric_bars_figure(out_dir / "metrics.png", summary)
     return {"summary": summary, "reports": reports, "optional": optional, "skipped": skipped}

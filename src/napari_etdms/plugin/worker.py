@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch import run_serially
 from ..noise import frame_noise
-from ..pipeline import Pipeline, Result
+from ..pipeline import InputError, Pipeline, Result
 from ..settings import DEFAULTS, RunSettings
 from ..tiling import Cancelled
 
@@ -112,16 +113,22 @@ def run_job(job: Job, cancel: threading.Event):
 
     def work(report):
         pipeline = load_pipeline(job.weights, job.device, job.precision)
-        results = []
-        for index, frame in enumerate(job.frames):
-            def progress(done, total, stage, index=index):
-                overall = (index * total + done) / (total * len(job.frames))
-                report(Progress(done, total, stage, index, len(job.frames), _eta(started, overall)))
 
+        def run_slice(index, progress):
             noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
-            results.append(_run_with_backoff(pipeline, frame, job.settings, noise=noise, progress=progress,
-                                             cancel=cancel))
-        return results
+            try:
+                return _run_with_backoff(pipeline, job.frames[index], job.settings, noise=noise, progress=progress,
+                                         cancel=cancel)
+            except InputError as err:
+                if len(job.frames) == 1:
+                    raise
+                raise InputError(f"slice {index}: {err}") from None
+
+        def relay(p):
+            report(Progress(p.done, p.total, p.stage, p.item, p.items, _eta(started, p.fraction)))
+
+        # the output layers need every slice: the first failing one stops the job
+        return run_serially(range(len(job.frames)), run_slice, progress=relay, stop_on_error=True)
 
     return (yield from _in_background(work, cancel))
 
