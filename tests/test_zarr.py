@@ -118,3 +118,16 @@ def test_the_pixel_limit_applies_to_zarr_inputs(tiny_weights, frame_file, tmp_pa
                 "--no-sr") == 0
     with pytest.raises(ReadError, match="more than the limit"):
         read_frame(tmp_path / "out" / "frame_denoised.ome.zarr", max_pixels=100)
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_compute(tiny_weights, frame_file, tmp_path, capsys,
+                                                                monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "out"
+    assert _run(tmp_path, frame_file, out, "-w", str(tiny_weights.folder), "--output-format", "zarr") == 1
+    assert "of disk for its OME-Zarr outputs" in capsys.readouterr().err
+    assert os.listdir(out) == []

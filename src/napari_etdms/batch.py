@@ -195,10 +195,11 @@ def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSetting
     """Run one input with its x4 arrays on disk and publish its OME-Zarr outputs as one set.
     The work folder (hidden, in the output folder) is removed whatever happens; one left by
     a killed process is removed by a later `plan` (`remove_stale_temporaries`)."""
-    from .zarr_io import OmeZarrOutputs, require_zarr
+    from .zarr_io import OmeZarrOutputs, check_disk, require_zarr
 
     require_zarr()
     first = next(iter(job.outputs.values()))
+    check_disk(first.parent, *frame.data.shape[:2], batch.settings)  # (H, W) of grey and RGB frames
     work = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=TEMPORARY_SUFFIX, dir=first.parent))
     try:
         arrays = OmeZarrOutputs(work, list(job.outputs))

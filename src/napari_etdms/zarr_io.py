@@ -104,6 +104,24 @@ def multiscale_layer(path: Path) -> tuple[list, float | None, dict]:
     return levels, _pixel_size_nm(metadata), read_zarr_provenance(path)
 
 
+def disk_needed_bytes(height: int, width: int, settings) -> int:
+    """Disk for one input's run, at most: stage 2's state, previous x0 and mean (uncompressed;
+    with several draws, their spread too), and the outputs (counted uncompressed), in float32."""
+    x4 = 16 * height * width * 4
+    scratch = (3 + (1 if settings.samples > 1 else 0)) * x4 if settings.super_resolve else 0
+    outputs = (2 + (1 if settings.super_resolve else 0) + (1 if settings.samples > 1 else 0)) * x4
+    return scratch + outputs + height * width * 4
+
+
+def check_disk(folder: Path, height: int, width: int, settings) -> None:
+    needed = disk_needed_bytes(height, width, settings)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise OSError(f"{folder}: a {height}x{width} frame needs up to {needed / 2**30:.1f} GiB of disk for its "
+                      f"OME-Zarr outputs and work arrays, {free / 2**30:.1f} GiB is free; choose another "
+                      "--output folder")
+
+
 class ZarrArrays:
     """The pipeline's `ArrayFactory` on disk: uncompressed float32 arrays under `folder`."""
 
