@@ -131,3 +131,14 @@ def test_a_disk_too_small_for_the_run_is_refused_before_compute(tiny_weights, fr
     assert _run(tmp_path, frame_file, out, "-w", str(tiny_weights.folder), "--output-format", "zarr") == 1
     assert "of disk for its OME-Zarr outputs" in capsys.readouterr().err
     assert os.listdir(out) == []
+
+
+def test_napari_opens_an_output_as_a_multiscale_layer_at_its_pixel_size(make_napari_viewer, tiny_weights,
+                                                                         frame_file, tmp_path):
+    assert _run(tmp_path, frame_file, tmp_path / "out", "-w", str(tiny_weights.folder), "--output-format", "zarr",
+                "--no-denoise") == 0
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "out" / "frame_etdms_x4.ome.zarr"), plugin="napari-etdms")
+    assert layer.multiscale and len(layer.data) == 2 and layer.data[0].shape == (800, 288)
+    assert tuple(layer.scale) == pytest.approx((2.5, 2.5)) and [str(u) for u in layer.units] == ["nanometer"] * 2
+    assert layer.name == "frame_etdms_x4"

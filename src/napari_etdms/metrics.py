@@ -81,8 +81,11 @@ def consistency_psnr(low_res, high_res) -> float:
 
 def block_means_psnr(low_res, block_means) -> float:
     """`consistency_psnr` from the upsampled frame's block means (for x4 frames held on disk)."""
-    low, means = _numpy(low_res), _numpy(block_means)
-    mse = float(np.mean((means - low) ** 2))
+    # band by band in float64, and the fit on the frame as given: no whole-frame float64 copies
+    low, means = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in (low_res, block_means))
+    squares = sum(float(np.sum((means[top : top + 256].astype(np.float64) - low[top : top + 256]) ** 2))
+                  for top in range(0, low.shape[0], 256))
+    mse = squares / low.size
     signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
     return float(10 * np.log10(max(signal.high - signal.low, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")
 
