@@ -9,7 +9,7 @@ speed-up is a ratio from one run.
 A whole 1024x768 frame at 200 steps takes hours on a CPU, so frame times are built from
 measured parts: one full stage-1 pass and one full fused stage-2 step over the whole
 frame are timed, and the step is multiplied by the step count (sampler overhead per step
-is negligible: the diffusers step is elementwise).
+is negligible: the sampler's update is elementwise).
 
     python benchmarks/bench_pipeline.py [--sizes lite paper] [--frame 1024x768] [--quick]
 """
@@ -28,6 +28,7 @@ import torch
 from napari_etdms.config import model_config
 from napari_etdms.models import build_clsr, build_denoiser
 from napari_etdms.pipeline import Pipeline, select_device, select_precision
+from napari_etdms.settings import RunSettings
 from napari_etdms.tiling import TileGrid
 
 
@@ -79,20 +80,21 @@ def denoiser_tile_seconds(net, device, repeats):
     return timed(lambda: net(x), device, repeats)
 
 
-@torch.no_grad()
 def frame_parts(pipe: Pipeline, height: int, width: int, tile: int, overlap: int, batch: int):
-    """Seconds for one stage-1 pass and one fused stage-2 step over a whole frame."""
+    """Seconds for one stage-1 pass and one fused stage-2 step over a whole frame: a run of
+    stage 1 alone, and the difference between stage-2 runs of two steps and of one."""
+    frame = torch.rand(height, width).numpy()
+
+    def seconds(**changes):
+        settings = RunSettings(sampler="dpmpp", tile=tile, overlap=overlap, batch_size=batch, **changes)
+        timings = pipe.run_with(frame, settings).metadata["timings"]
+        return timings.get("denoise_s", 0.0), timings.get("super_resolve_s", 0.0)
+
+    stage1, _ = seconds(super_resolve=False)
+    one = seconds(denoise=False, steps=1)[1]
+    two = seconds(denoise=False, steps=2)[1]
     grid = TileGrid(height, width, tile, overlap)
-    low = torch.rand(1, 1, height, width) * 2 - 1
-    start = time.perf_counter()
-    cond = pipe._denoise(low, grid, batch, lambda: None)
-    stage1 = time.perf_counter() - start
-    x = torch.randn(1, 1, 4 * height, 4 * width)
-    predict = pipe._model_predictor(cond, grid, batch, lambda: None)
-    start = time.perf_counter()
-    predict(x, 500)
-    step = time.perf_counter() - start
-    return stage1, step, len(grid.origins)
+    return stage1, two - one, len(grid.origins)
 
 
 def main(argv=None) -> int:
