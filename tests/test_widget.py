@@ -349,7 +349,7 @@ def test_cancel_adapting_writes_no_weights(spiky_layer, qtbot):
     from napari_etdms.weights import user_folder
 
     _, widget, _, _ = spiky_layer
-    widget.adapt_steps.value = 500
+    widget.adapt_steps.value = 100_000  # far more than can end before the cancel below
     widget.adapt_button.clicked()
     qtbot.waitUntil(lambda: widget.progress_bar.value >= 2, timeout=60_000)
     assert widget.adapt_button.text == "Cancel" and not widget.run_button.enabled
