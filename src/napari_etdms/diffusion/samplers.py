@@ -56,80 +56,64 @@ class Level:
 
 
 def _levels(alphas_cumprod: np.ndarray, timesteps: list[int]) -> list[Level]:
-    """The level of every visited timestep, then x0's."""
+    """The level of every visited timestep, then x0's: step k goes from levels[k] to levels[k + 1]."""
     abar = [float(alphas_cumprod[t]) for t in timesteps]
     return [Level(math.sqrt(a), math.sqrt(1.0 - a)) for a in abar] + [Level(1.0, 0.0)]
 
 
-def ddpm_updates(alphas_cumprod, timesteps, eta) -> list[Update]:
+def ddpm_update(k: int, t: int, levels: list[Level], eta: float) -> Update:
     """Ancestral steps with the posterior's variance (diffusers' "fixed_small")."""
-    levels = _levels(alphas_cumprod, timesteps)
-    updates = []
-    for k, t in enumerate(timesteps):
-        now, nxt = levels[k], levels[k + 1]
-        abar_t, abar_next = now.alpha**2, nxt.alpha**2
-        step_alpha = abar_t / abar_next
-        step_beta = 1.0 - step_alpha
-        last = k == len(timesteps) - 1
-        variance = (1.0 - abar_next) / (1.0 - abar_t) * step_beta
-        updates.append(Update(t, x=math.sqrt(step_alpha) * (1.0 - abar_next) / (1.0 - abar_t),
-                              x0=nxt.alpha * step_beta / (1.0 - abar_t),
-                              noise=0.0 if last else math.sqrt(max(variance, 1e-20))))
-    return updates
+    now, nxt = levels[k], levels[k + 1]
+    abar_t, abar_next = now.alpha**2, nxt.alpha**2
+    step_alpha = abar_t / abar_next
+    step_beta = 1.0 - step_alpha
+    last = k == len(levels) - 2
+    variance = (1.0 - abar_next) / (1.0 - abar_t) * step_beta
+    return Update(t, x=math.sqrt(step_alpha) * (1.0 - abar_next) / (1.0 - abar_t),
+                  x0=nxt.alpha * step_beta / (1.0 - abar_t), noise=0.0 if last else math.sqrt(max(variance, 1e-20)))
 
 
-def ddim_updates(alphas_cumprod, timesteps, eta) -> list[Update]:
+def ddim_update(k: int, t: int, levels: list[Level], eta: float) -> Update:
     """x_next = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s noise, eps from x_t and x0, s = eta * DDPM's std."""
-    levels = _levels(alphas_cumprod, timesteps)
-    updates = []
-    for k, t in enumerate(timesteps):
-        now, nxt = levels[k], levels[k + 1]
-        abar_t, abar_next = now.alpha**2, nxt.alpha**2
-        spread = eta * math.sqrt((1.0 - abar_next) / (1.0 - abar_t) * (1.0 - abar_t / abar_next))
-        to_eps = math.sqrt(max(1.0 - abar_next - spread**2, 0.0)) / now.sigma  # eps = (x_t - alpha x0) / sigma
-        updates.append(Update(t, x=to_eps, x0=nxt.alpha - to_eps * now.alpha, noise=spread))
-    return updates
+    now, nxt = levels[k], levels[k + 1]
+    abar_t, abar_next = now.alpha**2, nxt.alpha**2
+    spread = eta * math.sqrt((1.0 - abar_next) / (1.0 - abar_t) * (1.0 - abar_t / abar_next))
+    to_eps = math.sqrt(max(1.0 - abar_next - spread**2, 0.0)) / now.sigma  # eps = (x_t - alpha x0) / sigma
+    return Update(t, x=to_eps, x0=nxt.alpha - to_eps * now.alpha, noise=spread)
 
 
-def dpm_solver_updates(stochastic: bool) -> Callable:
-    def updates_of(alphas_cumprod, timesteps, eta) -> list[Update]:
+def dpm_solver_update(stochastic: bool) -> Callable[[int, int, list[Level], float], Update]:
+    def update(k: int, t: int, levels: list[Level], eta: float) -> Update:
         """DPM-Solver++(2M), midpoint form; first order at the first step and at the last
         (which lands on x0), as diffusers' lower_order_final with final sigma zero."""
-        levels = _levels(alphas_cumprod, timesteps)
-        updates = []
-        for k, t in enumerate(timesteps):
-            now, nxt = levels[k], levels[k + 1]
-            # exp(-h), h the log-SNR gap: 0 when the step lands on x0
-            decay = (nxt.sigma * now.alpha) / (nxt.alpha * now.sigma)
-            if stochastic:
-                x, gain, noise = nxt.sigma / now.sigma * decay, nxt.alpha * (1 - decay**2), nxt.sigma * math.sqrt(
-                    1 - decay**2)
-            else:
-                x, gain, noise = nxt.sigma / now.sigma, nxt.alpha * (1 - decay), 0.0
-            if k == 0 or k == len(timesteps) - 1:
-                updates.append(Update(t, x=x, x0=gain, noise=noise))
-                continue
-            # D0 + D1 / 2 with D1 = (x0 - x0_previous) / r, r = h_previous / h
-            before = levels[k - 1]
-            ratio = (now.log_snr - before.log_snr) / (nxt.log_snr - now.log_snr)
-            updates.append(Update(t, x=x, x0=gain * (1 + 0.5 / ratio), previous=-gain * 0.5 / ratio, noise=noise))
-        return updates
+        now, nxt = levels[k], levels[k + 1]
+        decay = (nxt.sigma * now.alpha) / (nxt.alpha * now.sigma)  # exp(-h), h the log-SNR gap: 0 at x0
+        if stochastic:
+            x, gain, noise = nxt.sigma / now.sigma * decay, nxt.alpha * (1 - decay**2), nxt.sigma * math.sqrt(
+                1 - decay**2)
+        else:
+            x, gain, noise = nxt.sigma / now.sigma, nxt.alpha * (1 - decay), 0.0
+        if k == 0 or k == len(levels) - 2:
+            return Update(t, x=x, x0=gain, noise=noise)
+        # D0 + D1 / 2 with D1 = (x0 - x0_previous) / r, r = h_previous / h
+        ratio = (now.log_snr - levels[k - 1].log_snr) / (nxt.log_snr - now.log_snr)
+        return Update(t, x=x, x0=gain * (1 + 0.5 / ratio), previous=-gain * 0.5 / ratio, noise=noise)
 
-    return updates_of
+    return update
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    updates: Callable[[np.ndarray, list[int], float], list[Update]]  # (alphas_cumprod, timesteps, eta)
+    update: Callable[[int, int, list[Level], float], Update]  # (step index, timestep, levels, eta)
     default_steps: int | None  # None: every training step
     summary: str
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "dpmpp-sde": SamplerSpec(dpm_solver_updates(stochastic=True), 20, "DPM-Solver++(2M) SDE"),
-    "dpmpp": SamplerSpec(dpm_solver_updates(stochastic=False), 20, "DPM-Solver++(2M), deterministic"),
-    "ddim": SamplerSpec(ddim_updates, 200, "DDIM (eta 0: deterministic)"),
-    "ddpm": SamplerSpec(ddpm_updates, None, "ancestral DDPM"),
+    "dpmpp-sde": SamplerSpec(dpm_solver_update(stochastic=True), 20, "DPM-Solver++(2M) SDE"),
+    "dpmpp": SamplerSpec(dpm_solver_update(stochastic=False), 20, "DPM-Solver++(2M), deterministic"),
+    "ddim": SamplerSpec(ddim_update, 200, "DDIM (eta 0: deterministic)"),
+    "ddpm": SamplerSpec(ddpm_update, None, "ancestral DDPM"),
 }
 # Sampling of weights whose manifest names no preset (and the training config's default).
 DEFAULT_PRESET = {"sampler": "dpmpp", "steps": 20, "data_consistency": True}
@@ -219,5 +203,6 @@ def make_sampler(name: str, config: DiffusionConfig, steps: int | None = None, e
         raise ValueError(f"steps must be between 1 and {total}, got {steps}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    spec = SAMPLERS[name]
-    return Sampler(name, config, spec.updates(alphas_cumprod(config), trailing_timesteps(total, steps), eta))
+    timesteps = trailing_timesteps(total, steps)
+    levels = _levels(alphas_cumprod(config), timesteps)
+    return Sampler(name, config, [SAMPLERS[name].update(k, t, levels, eta) for k, t in enumerate(timesteps)])
