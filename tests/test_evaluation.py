@@ -361,3 +361,5 @@ def test_eval_names_a_bad_frame_and_goes_on_and_checks_its_folder_first(tiny_wei
     blocked.write_text("")
     assert main(["eval", str(clean_frames[0]), "-o", str(blocked / "sub"), *common]) == 2  # before any work
     assert "cannot write outputs there" in capsys.readouterr().err
+    assert main(["eval", str(corrupt), "-o", str(tmp_path / "none"), *common]) == 1  # nothing to report on
+    assert "no frame could be evaluated (frame corrupt.tif: not evaluated:" in capsys.readouterr().err

@@ -130,3 +130,14 @@ def test_updates_match_diffusers_schedulers(name, steps, eta):
         noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(k))
         ours, previous = sampler.update(k, ours, x0, previous, noise), x0
         assert torch.allclose(ours, x, rtol=1e-4, atol=1e-4), f"step {k} (t={t})"
+
+
+def test_every_step_count_gives_that_many_distinct_timesteps_from_pure_noise():
+    """A float arange over the timesteps returns one too many for some counts (61 of 2000
+    gave a last step at t = -1, the pure-noise level): every count is checked."""
+    config = DiffusionConfig()
+    total = config.num_train_timesteps
+    for steps in range(1, total + 1):
+        timesteps = make_sampler("ddim", config, steps).timesteps
+        assert len(timesteps) == steps and timesteps[0] == total - 1 and timesteps[-1] >= 0
+        assert all(a > b for a, b in zip(timesteps, timesteps[1:])), steps

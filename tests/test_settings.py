@@ -13,7 +13,7 @@ from napari_etdms.settings import DEFAULTS, RunSettings
     ({"steps": 0}, "steps must be at least 1"), ({"tile": 30}, "tile must be a multiple of 4"),
     ({"tile": 12}, "at least 16 px"), ({"overlap": 64}, "overlap must be in"), ({"samples": 0}, "samples"),
     ({"batch_size": 0}, "batch_size"), ({"strength": 4.5}, "strength"), ({"sampler": "euler"}, "unknown sampler"),
-    ({"eta": -1.0}, "eta"),
+    ({"eta": -1.0}, "eta"), ({"seed": -1}, "seed must be >= 0"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):

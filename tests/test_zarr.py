@@ -142,3 +142,77 @@ def test_napari_opens_an_output_as_a_multiscale_layer_at_its_pixel_size(make_nap
     assert layer.multiscale and len(layer.data) == 2 and layer.data[0].shape == (800, 288)
     assert tuple(layer.scale) == pytest.approx((2.5, 2.5)) and [str(u) for u in layer.units] == ["nanometer"] * 2
     assert layer.name == "frame_etdms_x4"
+
+
+def test_an_overwrite_that_fails_midway_puts_the_old_output_back(tmp_path, monkeypatch):
+    from napari_etdms.io import write_files_atomically
+
+    old = tmp_path / "out.ome.zarr"
+    old.mkdir()
+    (old / "old-file").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(dst) == str(old) and "old-file" not in os.listdir(src):  # the new output going in
+            raise OSError("disk gone")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="disk gone"):
+        write_files_atomically({old: lambda tmp: open(os.path.join(tmp, "new-file"), "w").close()},
+                               overwrite=True, folders=True)
+    assert os.listdir(old) == ["old-file"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # the new one's temporary is gone
+
+
+def test_a_folder_that_appears_during_the_write_is_not_replaced_without_overwrite(tmp_path):
+    from napari_etdms.io import write_files_atomically
+
+    target = tmp_path / "out.ome.zarr"
+
+    def write(tmp):
+        target.mkdir()  # another run published meanwhile
+        (target / "theirs").write_text("")
+
+    with pytest.raises(FileExistsError):
+        write_files_atomically({target: write}, folders=True)
+    assert os.listdir(target) == ["theirs"]
+
+
+def test_a_long_run_keeps_its_work_folder_fresh(tmp_path, monkeypatch):
+    import time
+
+    from napari_etdms.batch import _keeping_alive
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    os.utime(folder, (1, 1))
+    seen = []
+    relay = _keeping_alive(folder, lambda *a: seen.append(a), every_s=0.0)
+    time.sleep(0.01)
+    relay(1, 2, "super-resolve")
+    assert seen == [(1, 2, "super-resolve")] and folder.stat().st_mtime > time.time() - 60
+
+
+def test_a_thin_frame_gets_a_pyramid_without_failing(tmp_path):
+    import zarr
+
+    from napari_etdms.zarr_io import OmeZarrOutputs
+
+    outputs = OmeZarrOutputs(tmp_path, ["denoised"])
+    staged = outputs.finish({"denoised": np.ones((3, 5000), np.float32)}, {"denoised": 2.0}, {})
+    group = zarr.open_group(str(staged["denoised"]), mode="r")
+    assert [group[str(i)].shape for i in range(len(list(group.array_keys())))] == [(3, 5000), (1, 2500)]
+
+
+def test_the_reader_names_a_zarr_that_is_not_one_plane(tmp_path):
+    import zarr
+    from ome_zarr.writer import write_image
+
+    from napari_etdms.io import ReadError
+    from napari_etdms.plugin.reader import read_sem
+
+    path = tmp_path / "stack.ome.zarr"
+    write_image(np.zeros((3, 64, 64), np.float32), zarr.open_group(str(path), mode="w"), axes="zyx")
+    with pytest.raises(ReadError, match="expected one 2D image, got shape \\(3, 64, 64\\)"):
+        read_sem(str(path))

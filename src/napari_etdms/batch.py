@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -203,14 +204,37 @@ def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSetting
     work = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=TEMPORARY_SUFFIX, dir=first.parent))
     try:
         arrays = OmeZarrOutputs(work, list(job.outputs))
-        result = pipeline.run_with(frame.data, batch.settings, progress=progress, arrays=arrays)
+        result = pipeline.run_with(frame.data, batch.settings, progress=_keeping_alive(work, progress), arrays=arrays)
         made = {field: getattr(result, field) for field in job.outputs if getattr(result, field) is not None}
         staged = arrays.finish(made, _pixel_sizes(job, frame.pixel_size_nm), _provenance(job, result, frame))
-        moves = {job.outputs[field]: functools.partial(os.replace, folder) for field, folder in staged.items()}
+        moves = {job.outputs[field]: functools.partial(_move_into, folder) for field, folder in staged.items()}
         publish(job, moves, batch.overwrite, folders=True)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _move_into(staged: Path, temporary: str) -> None:
+    """The staged output becomes the empty temporary folder made for it (a rename: same drive)."""
+    os.rmdir(temporary)
+    os.rename(staged, temporary)
+
+
+def _keeping_alive(folder: Path, progress, every_s: float = 30.0):
+    """`progress`, which also touches `folder` now and then: a later run into the same output
+    folder takes a work folder untouched for 10 minutes as a killed run's (its files change,
+    deep inside, but not its own time)."""
+    touched = time.monotonic()
+
+    def relay(done, total, stage):
+        nonlocal touched
+        if time.monotonic() - touched > every_s:
+            os.utime(folder)
+            touched = time.monotonic()
+        if progress is not None:
+            progress(done, total, stage)
+
+    return relay
 
 
 def _provenance(job: FileJob, result: Result, frame) -> dict:

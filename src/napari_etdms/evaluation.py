@@ -722,6 +722,7 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
     outcomes = run_serially(range(len(frames)), sweep_frame, _failures_into(skipped, frames),
                             _overall(progress))
     reports = [report for frame_reports in outcomes if frame_reports for report in frame_reports]
+    _require_some(reports, skipped)
     sweep = {kind: {dose_label(dose): summarise_groups([r for r in reports if r.kind == kind
                                                         and r.dose == dose_label(dose)], held_out)
                     for dose in doses} for kind in kinds}
@@ -743,6 +744,12 @@ def _failures_into(skipped: dict[str, str], frames: list[Path]):
     return report
 
 
+def _require_some(evaluated: list, skipped: dict[str, str]) -> None:
+    if not evaluated:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items() if name.startswith("frame "))
+        raise ValueError(f"no frame could be evaluated ({reasons})")
+
+
 def _overall(progress):
     """The batch runner's progress as `progress(done, total, label)` over all frames."""
     if progress is None:
@@ -752,28 +759,26 @@ def _overall(progress):
 
 def _single(pipeline, frames, out_dir, seed, crop, degradation, settings, lpips_weights, fid_weights, progress,
             baselines, skipped, held_out, max_truth_noise) -> dict:
-    reports, examples = [], []
+    examples = []
     learned: dict[str, list[np.ndarray]] = {}
 
     def evaluate(i, frame_progress):
+        """One frame's report; its images are kept only where needed (examples, learned metrics)."""
         path = frames[i]
         clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
-        evaluated = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, settings, baselines)
-        frame_progress(1, 1, path.name)
-        return evaluated
-
-    for evaluated in run_serially(range(len(frames)), evaluate, _failures_into(skipped, frames),
-                                  _overall(progress)):
-        if evaluated is None:
-            continue
-        report, images = evaluated
-        reports.append(report)
+        report, images = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, settings, baselines)
         if len(examples) < 4:
             examples.append((report.name, images))
         if lpips_weights or fid_weights:
             for method in report.metrics:
                 learned.setdefault(method, []).append(images[method])
             learned.setdefault("ground_truth", []).append(images["ground_truth"])
+        frame_progress(1, 1, path.name)
+        return report
+
+    outcomes = run_serially(range(len(frames)), evaluate, _failures_into(skipped, frames), _overall(progress))
+    reports = [report for report in outcomes if report is not None]
+    _require_some(reports, skipped)
     summary = summarise(reports)
     labels = method_labels(summary)
     optional = _optional_metric_status(lpips_weights, fid_weights, sweep=False)

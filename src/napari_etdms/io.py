@@ -562,7 +562,7 @@ def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]
             write(tmp)
         for path, tmp in temporaries.items():
             if folders:
-                _publish_folder(tmp, path)
+                _publish_folder(tmp, path, overwrite)
             elif overwrite:
                 os.replace(tmp, path)
             else:
@@ -579,13 +579,20 @@ def write_files_atomically(writes: dict[str | os.PathLike, Callable[[str], None]
     return paths
 
 
-def _publish_folder(tmp: str, path: Path) -> None:
+def _publish_folder(tmp: str, path: Path, overwrite: bool) -> None:
     if not path.exists():
         os.rename(tmp, path)  # fails if a non-empty folder appeared meanwhile
         return
+    if not overwrite:  # it appeared since the check: another run's
+        raise FileExistsError(f"{path}: exists already; refusing to overwrite")
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
-    os.replace(path, aside)  # onto the empty folder just made
-    os.rename(tmp, path)
+    os.rmdir(aside)  # only its unique name is wanted: renaming onto a folder fails on Windows
+    os.rename(path, aside)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(aside, path)  # the old output back in place
+        raise
     remove_file_or_folder(aside)
 
 

@@ -44,6 +44,8 @@ class RunSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 <= self.strength <= MAX_STRENGTH:
             raise ValueError(f"strength must be in [0, {MAX_STRENGTH}], got {self.strength}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 

@@ -78,9 +78,7 @@ def read_ome_zarr(path: Path, max_pixels: int):
     except Exception as err:  # ImportError included: its message names the extra to install
         raise ReadError(f"{path}: cannot read it as OME-Zarr ({err})") from None
     level0 = levels[0]
-    if level0.ndim < 2 or any(n != 1 for n in level0.shape[:-2]):
-        raise ReadError(f"{path}: expected one 2D image, got shape {tuple(level0.shape)}; "
-                        "write one plane per file")
+    _check_one_plane(path, level0.shape)
     check_pixel_count(path, level0.shape, max_pixels)
     data = np.asarray(level0).reshape(level0.shape[-2:])
     pixel = _pixel_size_nm(metadata)
@@ -100,8 +98,14 @@ def read_zarr_provenance(path: Path) -> dict:
 def multiscale_layer(path: Path) -> tuple[list, float | None, dict]:
     """For the napari reader: the levels (lazy dask arrays), level 0's pixel size and the provenance."""
     levels, metadata = _multiscale(path)
+    _check_one_plane(path, levels[0].shape)
     levels = [level.reshape(level.shape[-2:]) if level.ndim > 2 else level for level in levels]
     return levels, _pixel_size_nm(metadata), read_zarr_provenance(path)
+
+
+def _check_one_plane(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) < 2 or any(n != 1 for n in shape[:-2]):
+        raise ReadError(f"{path}: expected one 2D image, got shape {tuple(shape)}; write one plane per file")
 
 
 def disk_needed_bytes(height: int, width: int, settings) -> int:
@@ -177,7 +181,7 @@ def _write_pyramid(group, pixel_size_nm: float | None, provenance: dict) -> None
 
     level = group["0"]
     paths = ["0"]
-    while max(level.shape) > SMALLEST_LEVEL:
+    while max(level.shape) > SMALLEST_LEVEL and min(level.shape) >= 2:
         coarser_shape = (max(level.shape[0] // 2, 1), max(level.shape[1] // 2, 1))
         coarser = group.create_array(str(len(paths)), shape=coarser_shape, dtype="float32", fill_value=0.0,
                                      chunks=(min(CHUNK, coarser_shape[0]), min(CHUNK, coarser_shape[1])))

@@ -124,8 +124,9 @@ def default_steps(name: str, config: DiffusionConfig) -> int:
 
 
 def trailing_timesteps(total: int, steps: int) -> list[int]:
-    """`steps` evenly spaced training steps from the last one (pure noise) down."""
-    return [int(t) for t in np.round(np.arange(total, 0, -total / steps)).astype(np.int64) - 1]
+    """`steps` evenly spaced training steps from the last one (pure noise) down. (Built from
+    step indices: a float `arange` over the timesteps returns one too many for some counts.)"""
+    return [int(t) for t in np.round(total - np.arange(steps) * (total / steps)).astype(np.int64) - 1]
 
 
 def alphas_cumprod(config: DiffusionConfig) -> np.ndarray:
