@@ -109,9 +109,7 @@ class BandedChain:
         self.shape = (SCALE * grid.height, SCALE * grid.width)
         self.state = arrays.empty("state", self.shape)
         self.previous = arrays.empty("previous", self.shape) if sampler.uses_previous else None
-        origins = grid.origins
-        self.tile_rows = sorted({y for y, _ in origins})
-        self.tile_columns = sorted({x for _, x in origins})
+        self.tile_rows, self.tile_columns = grid.row_starts, grid.column_starts
         side = taper(grid.tile * SCALE, grid.overlap * SCALE // 2)
         self.tile_weight = side[:, None] * side[None, :]
         # the taper weights' sum at each pixel: a product, since every tile row has the same columns

@@ -311,16 +311,31 @@ def _infer_files(args, files: list[Path]) -> int:
             finally:
                 bar.close()
 
-        def report(job, line, error):
-            if error is None:
-                print(f"{job.source}: {line} -> {args.output}", flush=True)
-            else:
-                print(f"{job.source}: error: {error}", file=sys.stderr, flush=True)
-
-        failures = sum(line is None for line in run_serially(jobs, work, report))
+        report = _file_reporter(args.output)
+        lines = run_serially(jobs, work, lambda job, line, error: report(job.source, line, error))
+        failures = sum(line is None for line in lines)
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
     return EXIT_ERROR if failures else EXIT_OK
+
+
+def _file_reporter(output: Path, total: int | None = None):
+    """`report(source, line, error)`: one line per file as it ends; with `total`, counted
+    ("[3/10] ...", for files that end out of order) and naming the error's type (raised on
+    another machine)."""
+    done = 0
+
+    def report(source, line, error):
+        nonlocal done
+        done += 1
+        count = f"[{done}/{total}] " if total else ""
+        if error is None:
+            print(f"{count}{source}: {line} -> {output}", flush=True)
+        else:
+            kind = f"{type(error).__name__}: " if total else ""
+            print(f"{count}{source}: error: {kind}{error}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _infer_distributed(args, jobs, batch) -> int:
@@ -332,17 +347,7 @@ def _infer_distributed(args, jobs, batch) -> int:
                          "pip install 'napari-etdms[distributed]'") from None
     from .batch import run_distributed
 
-    done = 0
-
-    def report(source, line, error):
-        nonlocal done
-        done += 1
-        if error is None:
-            print(f"[{done}/{len(jobs)}] {source}: {line} -> {args.output}", flush=True)
-        else:
-            print(f"[{done}/{len(jobs)}] {source}: error: {type(error).__name__}: {error}", file=sys.stderr,
-                  flush=True)
-
+    report = _file_reporter(args.output, total=len(jobs))
     if args.scheduler:
         with Client(args.scheduler) as client:
             return run_distributed(jobs, batch, client, report)

@@ -710,7 +710,7 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
 
     def sweep_frame(i, frame_progress):
         path = frames[i]
-        clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
+        clean = _ground_truth(path, crop, max_truth_noise)
         frame_reports = []
         for j, (kind, dose, config) in enumerate(points):
             report, _ = evaluate_frame(pipeline, clean, path.stem, seed + i, config, settings, runnable)
@@ -732,6 +732,10 @@ def run_evaluation(pipeline, frames: list[Path], out_dir: Path, seed: int = 0, c
     write_sweep_reports(out_dir, reports, sweep, recorded, optional, skipped, held_out)
     dose_sweep_figure(out_dir / "dose-sweep.png", sweep, held_out)
     return {"sweep": sweep, "reports": reports, "optional": optional, "skipped": skipped}
+
+
+def _ground_truth(path: Path, crop: int | None, max_truth_noise: float | None) -> np.ndarray:
+    return content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
 
 
 def _failures_into(skipped: dict[str, str], frames: list[Path]):
@@ -765,7 +769,7 @@ def _single(pipeline, frames, out_dir, seed, crop, degradation, settings, lpips_
     def evaluate(i, frame_progress):
         """One frame's report; its images are kept only where needed (examples, learned metrics)."""
         path = frames[i]
-        clean = content_crop(load_ground_truth(path, max_truth_noise)[0], crop).astype(np.float64)
+        clean = _ground_truth(path, crop, max_truth_noise)
         report, images = evaluate_frame(pipeline, clean, path.stem, seed + i, degradation, settings, baselines)
         if len(examples) < 4:
             examples.append((report.name, images))

@@ -80,7 +80,7 @@ def nm_per_unit(unit) -> float | None:
     return _NM_PER_UNIT.get(text.strip().lower().replace("\x00", ""))
 
 
-def _length_nm(value, unit) -> float | None:
+def length_nm(value, unit) -> float | None:
     """A positive, finite length in nm from a value and its unit; None when either is unusable."""
     factor = nm_per_unit(unit)
     try:
@@ -240,7 +240,7 @@ def tiff_metadata(tif, width: int) -> tuple[dict, float | None]:
                 metadata["vendor"] = "Tescan"
             metadata["tescan"] = tescan
             main = tescan.get("MAIN", {})
-            candidates.append((_length_nm(main.get("PixelSizeX"), "m"), "Tescan MAIN/PixelSizeX"))
+            candidates.append((length_nm(main.get("PixelSizeX"), "m"), "Tescan MAIN/PixelSizeX"))
 
     if tif.is_ome:
         try:
@@ -252,7 +252,7 @@ def tiff_metadata(tif, width: int) -> tuple[dict, float | None]:
                 metadata["vendor"] = "OME"
             metadata["ome"] = pixels
             unit = pixels.get("PhysicalSizeXUnit", "µm")  # the OME schema default
-            candidates.append((_length_nm(pixels.get("PhysicalSizeX"), unit), "OME PhysicalSizeX"))
+            candidates.append((length_nm(pixels.get("PhysicalSizeX"), unit), "OME PhysicalSizeX"))
 
     imagej = tif.imagej_metadata if tif.is_imagej else None
     shaped = (tif.shaped_metadata or ({},))[0] if tif.is_shaped else None
@@ -288,7 +288,7 @@ def tiff_metadata(tif, width: int) -> tuple[dict, float | None]:
 def _fei_hfw_pixel_size_nm(fei: dict) -> tuple[float | None, str]:
     """Fallback when `Scan/PixelWidth` is missing: horizontal field width / ResolutionX (rosettasciio)."""
     try:
-        return _length_nm(float(fei["IRBeam"]["HFW"]) / float(fei["Image"]["ResolutionX"]), "m"), "FEI IRBeam/HFW"
+        return length_nm(float(fei["IRBeam"]["HFW"]) / float(fei["Image"]["ResolutionX"]), "m"), "FEI IRBeam/HFW"
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None, "FEI IRBeam/HFW"
 
@@ -303,10 +303,10 @@ def zeiss_pixel_size_nm(sem: dict, width: int) -> list[tuple[float | None, str]]
         if isinstance(value, str):  # unit not split off by tifffile, e.g. '2.6nm'
             match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(\S+)\s*", value)
             value, unit = match.groups() if match else (None, None)
-        candidates.append((_length_nm(value, unit), "Zeiss ap_image_pixel_size"))
+        candidates.append((length_nm(value, unit), "Zeiss ap_image_pixel_size"))
     unnamed = sem.get("")
     try:
-        candidates.append((_length_nm(float(unnamed[3]) * 1024 / width, "m"), "Zeiss CZ_SEM[''][3]*1024/width"))
+        candidates.append((length_nm(float(unnamed[3]) * 1024 / width, "m"), "Zeiss CZ_SEM[''][3]*1024/width"))
     except (TypeError, ValueError, IndexError, ZeroDivisionError):
         pass
     return candidates
@@ -367,7 +367,7 @@ def _resolution_pixel_size_nm(tif, unit) -> float | None:
     if factor is None or xres is None:
         return None
     num, den = xres.value
-    return _length_nm(den / num, unit) if num else None
+    return length_nm(den / num, unit) if num else None
 
 
 def _imagej_pixel_size_nm(tif) -> float | None:
@@ -623,9 +623,7 @@ def is_our_output(path: str | os.PathLike) -> bool:
     by a batch, so a rerun into the input folder does not process its own outputs."""
     try:
         software = read_provenance(path)["provenance"].get("software", "")
-    except ImportError:  # a zarr folder, without the zarr extra to read it
-        return False
-    except Exception:  # not a TIFF, unreadable: the reader reports it when it is processed
+    except Exception:  # unreadable, or a zarr without the zarr extra: reported when it is processed
         return False
     return str(software).startswith("napari-etdms")
 

@@ -357,8 +357,8 @@ class Pipeline:
         denoise_grid = TileGrid(padded_h, padded_w, denoise_tile, overlap, align=window,
                                 context=DENOISE_CONTEXT // window * window)
         batches = -(-len(denoise_grid.origins) // settings.batch_size)
-        rows, columns = (len({origin[axis] for origin in grid.origins}) for axis in (0, 1))
-        band_batches = rows * -(-columns // settings.batch_size)  # stage 2 batches tiles within a row
+        # stage 2 batches tiles within a row of the grid
+        band_batches = len(grid.row_starts) * -(-len(grid.column_starts) // settings.batch_size)
         sampling_steps = make_sampler(settings.sampler, self.config.diffusion, settings.steps).steps
         total = ((batches if settings.denoise else 0)
                  + (settings.samples * sampling_steps * band_batches if settings.super_resolve else 0))

@@ -73,10 +73,17 @@ class TileGrid:
             raise ValueError(f"context {self.context} must be a non-negative multiple of align {self.align}")
 
     @property
+    def row_starts(self) -> list[int]:
+        return tile_starts(self.height, self.tile, self.overlap, self.align)
+
+    @property
+    def column_starts(self) -> list[int]:
+        return tile_starts(self.width, self.tile, self.overlap, self.align)
+
+    @property
     def origins(self) -> list[tuple[int, int]]:
-        ys = tile_starts(self.height, self.tile, self.overlap, self.align)
-        xs = tile_starts(self.width, self.tile, self.overlap, self.align)
-        return [(y, x) for y in ys for x in xs]
+        columns = self.column_starts
+        return [(y, x) for y in self.row_starts for x in columns]
 
     def weights(self, scale: int) -> torch.Tensor:
         side = taper(self.tile * scale, self.overlap * scale // 2)

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import ZARR_SUFFIX, Frame, ReadError, check_pixel_count, to_jsonable
+from .io import ZARR_SUFFIX, Frame, ReadError, check_pixel_count, length_nm, to_jsonable
 
 CHUNK = 512  # px, outputs' chunk side
 STATE_CHUNK = (256, 4096)  # scratch arrays are read and written in full-width bands of rows
 SMALLEST_LEVEL = 512  # px: the pyramid stops at the first level whose longer side is at most this
 PROVENANCE_KEY = "napari_etdms"  # the group attribute holding an output's provenance
-_NM_PER_UNIT = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "meter": 1e9, "angstrom": 0.1,
-                "picometer": 1e-3}
 
 
 def require_zarr():
@@ -67,24 +65,16 @@ def _pixel_size_nm(metadata: dict) -> float | None:
     if not axes or not scales:
         return None
     unit = axes[-1].get("unit") if isinstance(axes[-1], dict) else None
-    factor = _NM_PER_UNIT.get(str(unit).lower()) if unit else None
-    return float(scales[0][-1]) * factor if factor else None
+    return length_nm(scales[0][-1], unit)
 
 
 def read_ome_zarr(path: Path, max_pixels: int):
     """Level 0 of an OME-Zarr image as a `Frame`; leading axes must be single planes."""
-    try:
-        levels, metadata = _multiscale(path)
-    except Exception as err:  # ImportError included: its message names the extra to install
-        raise ReadError(f"{path}: cannot read it as OME-Zarr ({err})") from None
-    level0 = levels[0]
-    _check_one_plane(path, level0.shape)
-    check_pixel_count(path, level0.shape, max_pixels)
-    data = np.asarray(level0).reshape(level0.shape[-2:])
-    pixel = _pixel_size_nm(metadata)
-    return Frame(data=data, path=path, pixel_size_nm=pixel,
+    levels, pixel, provenance = multiscale_layer(path)
+    check_pixel_count(path, levels[0].shape, max_pixels)
+    return Frame(data=np.asarray(levels[0]), path=path, pixel_size_nm=pixel,
                  metadata={"axes": "YX", "pixel_size_source": "OME-Zarr" if pixel else None,
-                           "provenance": read_zarr_provenance(path)})
+                           "provenance": provenance})
 
 
 def read_zarr_provenance(path: Path) -> dict:
@@ -96,8 +86,12 @@ def read_zarr_provenance(path: Path) -> dict:
 
 
 def multiscale_layer(path: Path) -> tuple[list, float | None, dict]:
-    """For the napari reader: the levels (lazy dask arrays), level 0's pixel size and the provenance."""
-    levels, metadata = _multiscale(path)
+    """The levels of one 2D OME-Zarr image (lazy dask arrays: nothing is decoded yet), level
+    0's pixel size and the provenance. Raises ReadError naming the file."""
+    try:
+        levels, metadata = _multiscale(path)
+    except Exception as err:  # ImportError included: its message names the extra to install
+        raise ReadError(f"{path}: cannot read it as OME-Zarr ({err})") from None
     _check_one_plane(path, levels[0].shape)
     levels = [level.reshape(level.shape[-2:]) if level.ndim > 2 else level for level in levels]
     return levels, _pixel_size_nm(metadata), read_zarr_provenance(path)
@@ -182,7 +176,7 @@ def _write_pyramid(group, pixel_size_nm: float | None, provenance: dict) -> None
     level = group["0"]
     paths = ["0"]
     while max(level.shape) > SMALLEST_LEVEL and min(level.shape) >= 2:
-        coarser_shape = (max(level.shape[0] // 2, 1), max(level.shape[1] // 2, 1))
+        coarser_shape = (level.shape[0] // 2, level.shape[1] // 2)
         coarser = group.create_array(str(len(paths)), shape=coarser_shape, dtype="float32", fill_value=0.0,
                                      chunks=(min(CHUNK, coarser_shape[0]), min(CHUNK, coarser_shape[1])))
         rows = 2 * CHUNK

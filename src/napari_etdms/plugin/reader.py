@@ -44,13 +44,9 @@ def read_sem(path) -> list[tuple]:
 
 def ome_zarr_layer(path: Path) -> tuple:
     """A multiscale layer of lazy (dask) levels: napari reads only the tiles it shows."""
-    from ..io import ReadError
     from ..zarr_io import multiscale_layer, zarr_stem
 
-    try:
-        levels, px, provenance = multiscale_layer(path)
-    except Exception as err:  # ImportError included: its message names the extra to install
-        raise ReadError(f"{path}: cannot open it as OME-Zarr ({err})") from None
+    levels, px, provenance = multiscale_layer(path)
     kwargs = {"name": zarr_stem(path), "multiscale": len(levels) > 1, "scale": (px, px) if px else (1.0, 1.0),
               "axis_labels": ("y", "x"),
               "metadata": {"pixel_size_nm": px, "source_path": str(path), "provenance": provenance}}
