@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from napari_etdms import Pipeline
 from napari_etdms.baselines import denoise as classical_denoise
 from napari_etdms.degradation import poisson_gaussian
 from napari_etdms.frames import load_normalised
+from napari_etdms.runtime import describe, machine_report, use_threads
 from napari_etdms.training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt
 
 ADAPT_FRAME = "vquentin-auriga__examples__ADB1_28.tif"
@@ -85,13 +85,14 @@ def main() -> None:
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--frames-dir", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared/data/sem-train")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="default: the cores free now")
     parser.add_argument("-o", "--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads)
     adapt_clean = np.clip(load_normalised(args.frames_dir / ADAPT_FRAME), 0, 1)
     scored_clean = [np.clip(central(load_normalised(args.frames_dir / name), CROP), 0, 1) for name in SCORED]
     base = Pipeline.from_pretrained()
+    print(machine_report(describe(base.device, base.precision_choice, threads)))
     figures = {}
     for name in args.detectors.split(","):
         detector = DETECTORS[name]

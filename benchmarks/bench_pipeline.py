@@ -17,7 +17,6 @@ is negligible: the sampler's update is elementwise).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import sys
@@ -27,7 +26,8 @@ import torch
 
 from napari_etdms.config import model_config
 from napari_etdms.models import build_clsr, build_denoiser
-from napari_etdms.pipeline import Pipeline, select_device, select_precision
+from napari_etdms.pipeline import Pipeline
+from napari_etdms.runtime import Precision, describe, machine_report, select_device, use_threads
 from napari_etdms.settings import RunSettings
 from napari_etdms.tiling import TileGrid
 
@@ -53,11 +53,6 @@ def timed(fn, device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def autocast(device, precision):
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def clsr_step_seconds(net, device, precision, batch, channels_last, repeats):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -67,7 +62,7 @@ def clsr_step_seconds(net, device, precision, batch, channels_last, repeats):
     t = torch.full((batch,), 500, device=device)
 
     def step():
-        with autocast(device, precision):
+        with Precision(precision, "benchmark").autocast(device):
             net(x, c, t)
 
     return timed(step, device, repeats)
@@ -105,13 +100,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, default=64)
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="default: the cores free now")
     args = parser.parse_args(argv)
     width, height = map(int, args.frame.split("x"))
     device = select_device(args.device)
-    precision = select_precision(device)
+    threads = use_threads(args.threads)
+    sized = Pipeline.from_config(args.sizes[0], device=device, precision="auto")
+    precision = sized.precision
     allocator = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "default (glibc)"
-    print(f"device {device}, precision {precision}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"allocator {allocator}, frame {width}x{height} low-res -> {4 * width}x{4 * height}")
+    print(machine_report(describe(device, sized.precision_choice, threads)))
+    print(f"allocator {allocator}, frame {width}x{height} low-res -> {4 * width}x{4 * height}")
 
     for size in args.sizes:
         config = model_config(size)
@@ -119,13 +117,12 @@ def main(argv=None) -> int:
         denoiser, clsr = build_denoiser(config), build_clsr(config)
         print(f"\n== {size}: CLSR {sum(p.numel() for p in clsr.parameters()) / 1e6:.2f} M params, "
               f"SwinIR {sum(p.numel() for p in denoiser.parameters()) / 1e6:.2f} M params")
-        fast = clsr_step_seconds(clsr, device, precision, 1, precision != "float32", args.repeats)
+        fast = clsr_step_seconds(clsr, device, precision, 1, True, args.repeats)
         naive = clsr_step_seconds(clsr, device, "float32", 1, False, args.repeats)
         print(f"CLSR step per tile, batch 1: {fast:.3f} s ({precision}, channels_last); {naive:.3f} s (fp32, naive)")
         rates = {}
         for batch in (1, 2, 4, 8):
-            rates[batch] = batch / clsr_step_seconds(clsr, device, precision, batch, precision != "float32",
-                                                     max(1, args.repeats - 1))
+            rates[batch] = batch / clsr_step_seconds(clsr, device, precision, batch, True, max(1, args.repeats - 1))
         best = max(rates, key=rates.get)
         print("tiles per second by batch size: " + ", ".join(f"{b}: {r:.2f}" for b, r in rates.items())
               + f" -> best batch {best}")

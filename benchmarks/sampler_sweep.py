@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from napari_etdms.degradation import DegradationConfig
 from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
 from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.pipeline import Pipeline
+from napari_etdms.runtime import describe, machine_report, use_threads
 from napari_etdms.settings import RunSettings
 
 SETTINGS = {
@@ -53,16 +53,16 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="registry name or weights.json (default: shipped)")
     parser.add_argument("--frames", type=int, default=6, help="every other validation frame, this many")
     parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="default: the cores free now")
     parser.add_argument("--only", nargs="+", default=None, help="run the settings whose label contains any of these")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads)
 
     frames = validation_frames(args.split, args.frames_dir)[::2][: args.frames]
     clean = [centre_crop(load_normalised(path), args.crop).astype(np.float64) for path in frames]
     pipeline = Pipeline.from_pretrained(args.weights)
-    print(f"weights {pipeline.weights_provenance.get('name')}, {len(frames)} frames, {args.crop} px crops, "
-          f"{args.threads} threads")
+    print(machine_report(describe(pipeline.device, pipeline.precision_choice, threads)))
+    print(f"weights {pipeline.weights_provenance.get('name')}, {len(frames)} frames, {args.crop} px crops")
     print("| setting | PSNR (dB) | SSIM | FRC (HR px) | s / frame |\n|---|---|---|---|---|")
     chosen = {k: v for k, v in SETTINGS.items() if not args.only or any(part in k for part in args.only)}
     for label, options in chosen.items():

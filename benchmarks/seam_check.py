@@ -20,6 +20,7 @@ import tifffile
 
 from napari_etdms import Pipeline
 from napari_etdms.metrics import psnr
+from napari_etdms.runtime import describe, machine_report
 from napari_etdms.tiling import TileGrid
 
 FRAME = Path(__file__).resolve().parents[1] / "tests" / "data" / "zeiss_auriga_inlens_UB19_14_databar.tif"
@@ -41,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = tifffile.imread(FRAME)[:IMAGE_ROWS]
     pipe = Pipeline.from_pretrained(args.weights)
+    print(machine_report(describe(pipe.device, pipe.precision_choice)))
     denoised = {t: pipe.run(frame, super_resolve=False, tile=t, overlap=16).denoised for t in (64, 96)}
     print(f"stage 1, tile 64 vs 96: cavity {psnr(denoised[64][CAVITY], denoised[96][CAVITY], 255):.1f} dB, "
           f"frame {psnr(denoised[64], denoised[96], 255):.1f} dB")

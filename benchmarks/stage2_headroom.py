@@ -30,6 +30,7 @@ from napari_etdms.evaluation import centre_crop
 from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.metrics import frc_resolution, matched_psnr
 from napari_etdms.pipeline import Pipeline
+from napari_etdms.runtime import describe, machine_report, use_threads
 
 
 def as_tensor(image: np.ndarray) -> torch.Tensor:
@@ -57,12 +58,13 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="as etdms eval: frame i is degraded with seed + i")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="default: the cores free now")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads)
 
     frames = validation_frames(args.split, args.frames_dir)
     pipeline = Pipeline.from_pretrained(args.weights)
+    print(machine_report(describe(pipeline.device, pipeline.precision_choice, threads)))
     if pipeline.clsr.condition_channels != 1:
         parser.error("these weights' stage 2 also takes the measured frame, which this benchmark's conditions "
                      "(clean low-res, stage-1 output) lack: compare them with `etdms eval`")

@@ -36,6 +36,12 @@ class OracleCLSR(torch.nn.Module):
         return self.schedule.prediction_from_x0(x_t.float(), upsample_condition(cond.float()), t.long().cpu())
 
 
+@pytest.fixture(autouse=True)
+def private_precision_cache(tmp_path_factory, monkeypatch):
+    """Precision measurements made by tests go to a folder of their own, not the user's cache."""
+    monkeypatch.setenv("NAPARI_ETDMS_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Record each phase's report on the test item: napari's make_napari_viewer fixture

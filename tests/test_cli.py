@@ -172,8 +172,9 @@ def test_rerun_into_the_input_folder_skips_its_own_outputs_and_logs_one_line_per
     assert second.out.count("done in") == 1 and "a.tif: done" in second.out
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == [
         "a.tif", "a_bicubic_x4.tif", "a_denoised.tif", "a_denoised_bicubic_x4.tif", "a_etdms_x4.tif"]
-    # not a terminal (pytest captures it): no progress bar redraws, one line per file
-    assert first.err.strip() == "" and first.out.count("\n") == 1
+    # not a terminal (pytest captures it): no progress bar redraws, one line per file, and one
+    # line saying what the run computes on
+    assert first.err.startswith("running on cpu") and first.err.count("\n") == 1 and first.out.count("\n") == 1
 
 
 def test_a_huge_header_is_refused_before_decoding(tiny_weights, tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 from conftest import sem_like, tiny_train_config
 
 from napari_etdms import Pipeline
-from napari_etdms.pipeline import select_device, select_precision
+from napari_etdms.runtime import choose_precision, select_device
 from napari_etdms.training.trainer import StageTrainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,7 +17,7 @@ RUN = dict(sampler="dpmpp-sde", steps=4, tile=64, overlap=16)
 def test_auto_device_is_cuda_with_a_half_precision():
     device = select_device("auto")
     assert device.type == "cuda"
-    assert select_precision(device) in ("bfloat16", "float16")
+    assert choose_precision(device).name in ("bfloat16", "float16")
     assert Pipeline.from_pretrained(device="cuda").auto_batch_size == 8
 
 

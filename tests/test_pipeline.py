@@ -6,7 +6,7 @@ from conftest import TINY, sem_like
 
 from napari_etdms import Cancelled, InputError
 from napari_etdms.metrics import consistency_psnr
-from napari_etdms.pipeline import Pipeline, estimate_memory_bytes, select_device, select_precision
+from napari_etdms.pipeline import Pipeline, estimate_memory_bytes
 
 FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -196,17 +196,6 @@ def test_huge_frames_are_refused_before_allocating(tiny_pipeline, monkeypatch):
     # the bicubic x4 outputs alone are 2 x 0.96 GiB; on disk only the low-res frames stay
     assert estimate_memory_bytes(4000, 4000, False) > 2**30 > estimate_memory_bytes(4000, 4000, True,
                                                                                     x4_in_memory=False)
-
-
-def test_device_and_precision_selection():
-    assert select_device("auto").type in ("cpu", "cuda", "mps")
-    assert select_device("cpu").type == "cpu"
-    import torch
-
-    assert select_precision(torch.device("cpu")) == "bfloat16"
-    assert select_precision(torch.device("cpu"), "float32") == "float32"
-    with pytest.raises(ValueError):
-        select_precision(torch.device("cpu"), "int8")
 
 
 def test_bfloat16_autocast_stays_close_to_float32(tiny_weights):

@@ -82,13 +82,23 @@ def _strength(text: str) -> float:
     return value
 
 
+def _add_speed_options(g, precisions: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")) -> None:
+    if precisions:
+        g.add_argument("--precision", default="auto", choices=precisions,
+                       help="auto: bfloat16 (float16) only where the processor computes it natively and it is faster "
+                       "for these networks, else float32; etdms info says which and why")
+    g.add_argument("--threads", type=_at_least(1), metavar="N",
+                   help="CPU threads (default: the cores free now; dask workers: 1). Float sums depend on it: the "
+                   "same count gives bit-identical outputs")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from .diffusion import SAMPLERS
 
     g = p.add_argument_group("model and sampling")
     g.add_argument("-w", "--weights", help="registry name or weights folder (default: the shipped model)")
     g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
-    g.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    _add_speed_options(g)
     g.add_argument("--sampler", choices=list(SAMPLERS), help="default: the weights' recommended preset")
     g.add_argument("--steps", type=_at_least(1), help="network evaluations (default: the preset's)")
     g.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity (0 = deterministic)")
@@ -147,9 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "workers must reach (napari-etdms[distributed])")
     cluster.add_argument("--workers", type=_at_least(1), metavar="N",
                          help="run the files on N worker processes of a local dask.distributed cluster")
-    infer.add_argument("--threads", type=_at_least(1), metavar="N",
-                       help="CPU threads per process (default: torch's; dask workers: 1). Float sums depend on it: "
-                       "the same count gives bit-identical outputs on a cluster and here")
     _add_run_options(infer)
 
     demo = sub.add_parser("demo", help="run the shipped model on the bundled sample frame(s)")
@@ -159,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(max_pixels=DEFAULT_MAX_PIXELS)
     _add_run_options(demo)
 
-    sub.add_parser("info", help="versions, devices and installed weights")
+    info = sub.add_parser("info", help="versions, devices, the precision and threads a run would use, weights")
+    _add_speed_options(info, precisions=())
 
     train = sub.add_parser("train", help="train stage 1, stage 2, or both then fine-tune (see README)")
     train.add_argument("-c", "--config", required=True, type=Path, help="training config JSON")
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run folder (default runs/<config name>); resumes if present")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
     train.add_argument("--device", default="auto")
+    _add_speed_options(train, precisions=())  # the config's precision (auto by default) decides
     train.add_argument("--export", type=Path, help="write the trained weights as a registry folder here")
     train.add_argument("--clsr-from", metavar="WEIGHTS",
                        help="with --export: take stage 2 from these weights (registry name or folder) instead of "
@@ -197,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--iterations", type=_at_least(1), default=ADAPT_SETTINGS.iterations,
                     help=f"at most this many steps (default {ADAPT_SETTINGS.iterations})")
     ad.add_argument("--device", default="auto")
+    _add_speed_options(ad, precisions=("auto", "float32", "bfloat16"))  # no float16 training (no loss scaling)
     ad.add_argument("--keep-anyway", action="store_true",
                     help="write the adapted weights even if the base denoises the held-out rows better")
     ad.add_argument("--restart", action="store_true", help="discard an interrupted run instead of resuming it")
@@ -275,6 +285,7 @@ def _load_pipeline(args):
     """The chosen weights; weights folders that cannot be read are named, never skipped silently.
     The search path is scanned once, for both."""
     from .pipeline import Pipeline
+    from .runtime import summary, use_threads
     from .weights import DEFAULT_WEIGHTS, scan
 
     entries, broken = scan()
@@ -283,7 +294,10 @@ def _load_pipeline(args):
     name = args.weights or DEFAULT_WEIGHTS
     # as `weights.resolve` decides: a folder first, then a registry name (else its error)
     chosen = entries[name].folder if name in entries and not Path(name).is_dir() else name
-    return Pipeline.from_pretrained(chosen, device=args.device, precision=args.precision)
+    threads = use_threads(args.threads)
+    pipeline = Pipeline.from_pretrained(chosen, device=args.device, precision=args.precision)
+    print(f"running on {summary(pipeline.device, pipeline.precision_choice, threads)}", file=sys.stderr)
+    return pipeline
 
 
 def _infer_files(args, files: list[Path]) -> int:
@@ -298,7 +312,7 @@ def _infer_files(args, files: list[Path]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     batch = BatchSettings(args.weights, args.device, args.precision, args.settings, args.max_pixels, args.overwrite,
-                          getattr(args, "threads", None))
+                          args.threads)
     if getattr(args, "scheduler", None) or getattr(args, "workers", None):
         failures = _infer_distributed(args, jobs, batch)
     else:
@@ -374,22 +388,30 @@ def cmd_demo(args) -> int:
     return _infer_files(args, files)
 
 
-def cmd_info(_args) -> int:
+def cmd_info(args) -> int:
     import torch
 
-    from .pipeline import select_device, select_precision
-    from .weights import DEFAULT_WEIGHTS, scan, search_path
+    from .pipeline import Pipeline
+    from .runtime import CpuFeatures, choose_precision, choose_threads, device_name, select_device
+    from .weights import DEFAULT_WEIGHTS, WeightsError, scan, search_path
 
     device = select_device("auto")
+    try:  # the default weights' networks are what a run times where the processor's queries cannot tell
+        precision = Pipeline.from_pretrained(DEFAULT_WEIGHTS, device=device).precision_choice
+    except (WeightsError, OSError):
+        precision = choose_precision(device)
+    features = CpuFeatures.detect()
     info = {
         "napari-etdms": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available() and torch.cuda.get_device_name(0),
         "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-        "auto device": str(device),
-        "auto precision": select_precision(device),
-        "cpu threads": torch.get_num_threads(),
+        "processor": f"{device_name(torch.device('cpu'))}; torch kernels {features.capability}, "
+                     f"bfloat16 {features.bfloat16}",
+        "auto device": f"{device} ({device_name(device)})",
+        "auto precision": precision,
+        "cpu threads": choose_threads(args.threads),
     }
     for key, value in info.items():
         print(f"{key:>16}: {value}")
@@ -404,11 +426,14 @@ def cmd_info(_args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pipeline import select_device
+    from .runtime import select_device, summary
     from .training.loop import is_lead, lead_decides, start_distributed, stop_distributed
     from .training.trainer import StageTrainer, export, load_train_config
 
     config = load_train_config(args.config)
+    if args.threads:
+        config = config.model_copy(update={stage: getattr(config, stage).model_copy(update={"threads": args.threads})
+                                           for stage in ("stage1", "stage2", "finetune")})
     run_dir = args.run_dir or Path("runs") / config.name
     # under torchrun: one process per GPU (or CPU process over gloo), gradients averaged
     device = start_distributed(str(select_device(args.device)))
@@ -424,6 +449,8 @@ def cmd_train(args) -> int:
                     print(f"time budget spent before {stage}; rerun the same command to resume", file=sys.stderr)
                 return EXIT_OK
             trainer = StageTrainer(config, stage, run_dir, device)
+            if is_lead():
+                print(f"{stage} on {summary(trainer.device, trainer.precision, trainer.threads)}", file=sys.stderr)
             reached = trainer.train(max_minutes=remaining)
             if is_lead():
                 target = trainer.settings.iterations
@@ -453,7 +480,7 @@ def _names(value: str | None) -> list[str]:
 
 def cmd_adapt(args) -> int:
     from .batch import input_files
-    from .pipeline import select_device
+    from .runtime import select_device
     from .training.adapt import SETTINGS as ADAPT_SETTINGS
     from .training.adapt import adapt, frames_from_files, seconds_left, work_folder
     from .weights import user_folder
@@ -475,7 +502,8 @@ def cmd_adapt(args) -> int:
 
     try:
         outcome = adapt(frames, output, args.weights, args.minutes, args.iterations, str(select_device(args.device)),
-                        args.keep_anyway, args.restart, progress=log_line, show_progress=tty, sources=sources)
+                        args.keep_anyway, args.restart, progress=log_line, show_progress=tty, sources=sources,
+                        precision=args.precision, threads=args.threads)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint (every {ADAPT_SETTINGS.checkpoint_every} steps) is kept in "
               f"{work_folder(output)}; the same command resumes from it (--restart starts again)", file=sys.stderr)

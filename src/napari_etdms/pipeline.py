@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import os
@@ -27,9 +26,10 @@ from .denoise import apply_denoiser
 from .diffusion import DEFAULT_PRESET, default_steps, make_sampler
 from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import block_means_psnr
-from .models import build_clsr, build_denoiser
+from .models import build_clsr, build_denoiser, tile_inputs
 from .models.clsr import SCALE
 from .noise import NoiseModel, frame_noise
+from .runtime import Precision, architecture_key, choose_precision, forward_probe, select_device
 from .settings import DEFAULTS, RunSettings
 from .tiling import Cancelled, TileGrid, blend_tiles
 from .weights import WeightsEntry, load_state, resolve
@@ -41,7 +41,6 @@ DENOISE_CONTEXT = 16
 # Stage 1's smallest tile: with the context above, a 64 px tile computes 2.25x its area and a
 # 128 px one 1.56x; its output does not depend on the tile (seam-free), so a larger one is free.
 DENOISE_MIN_TILE = 128
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ProgressCallback = Callable[[int, int, str], None]
 
 
@@ -83,29 +82,6 @@ def prepare_frame(image) -> np.ndarray:
     if a.min() == a.max():
         raise InputError("the frame is constant; there is nothing to restore")
     return a
-
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def select_precision(device: torch.device, precision: str = "auto") -> str:
-    """bfloat16 autocast roughly doubles conv throughput on CUDA and on recent CPUs."""
-    if precision != "auto":
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision '{precision}' (choose auto, {', '.join(PRECISIONS)})")
-        return precision
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type == "cpu":
-        return "bfloat16"
-    return "float32"
 
 
 def estimate_memory_bytes(height: int, width: int, super_resolve: bool, samples: int = 1,
@@ -183,10 +159,10 @@ class Pipeline:
     ):
         self.config = model_config(config)
         self.device = select_device(device)
-        self.precision = select_precision(self.device, precision)
         self.weights = weights
-        # channels_last pairs with autocast for the conv-heavy CLSR (measured 2.35x on CPU).
-        memory_format = torch.channels_last if self.precision != "float32" else torch.contiguous_format
+        # channels_last for the conv-heavy CLSR: 2.35x with bfloat16 autocast on a CPU with
+        # native bfloat16, 1.5x in float32 on an AVX2 CPU (benchmarks/bench_precision.py)
+        memory_format = torch.contiguous_format if self.device.type == "mps" else torch.channels_last
         # Tiles per network call when not given. On an H200, 8 per call (the largest measured)
         # ran 3.6-6.7x the tiles/s of 1; on the 2-core CPU here batching gained nothing, and
         # other devices are unmeasured, so they keep one tile per call.
@@ -194,6 +170,19 @@ class Pipeline:
         self.denoiser = denoiser.to(self.device).eval() if denoiser is not None else None
         self.clsr = clsr.to(self.device, memory_format=memory_format).eval() if clsr is not None else None
         self.memory_format = memory_format
+        calls = self.tile_calls()
+        self.precision_choice: Precision = choose_precision(
+            self.device, precision, forward_probe(calls, self.device), architecture_key([net for net, _ in calls]))
+        self.precision = self.precision_choice.name
+
+    def tile_calls(self) -> list[tuple[torch.nn.Module, tuple]]:
+        """Each network with one tile's inputs, at the sizes a run feeds it."""
+        calls = []
+        if self.denoiser is not None:
+            calls.append((self.denoiser, tile_inputs(self.denoiser, DENOISE_MIN_TILE + 2 * DENOISE_CONTEXT)))
+        if self.clsr is not None:
+            calls.append((self.clsr, tile_inputs(self.clsr, RunSettings().tile, self.memory_format)))
+        return calls
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device="auto", precision="auto"):
@@ -229,10 +218,7 @@ class Pipeline:
         return {key: preset.get(key, default) for key, default in DEFAULT_PRESET.items()}
 
     def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return self.precision_choice.autocast(self.device)
 
     def run(
         self,
@@ -386,6 +372,8 @@ class Pipeline:
             "strength": settings.strength if dn and self.noise_aware else None,
             "device": str(self.device),
             "precision": self.precision,
+            "precision_reason": self.precision_choice.reason,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "input_shape": list(plan.frame.shape),
             "input_dtype": str(plan.frame.dtype),
             "intensity_map": {"low": mapping.low, "high": mapping.high, "smoothing_sigma_px": SIGNAL_SMOOTHING},

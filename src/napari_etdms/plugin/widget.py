@@ -57,6 +57,25 @@ PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampl
              "adapt_steps")
 
 
+def detected_summary(devices: list[str]) -> str:
+    """The device line before any run: what "auto" finds, and whether this CPU computes
+    bfloat16 natively (the automatic precision follows from it; the line after a run says
+    what was used)."""
+    import torch
+
+    from ..runtime import CpuFeatures
+
+    auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
+    features = CpuFeatures.detect()
+    return f"detected: {auto} (torch {torch.__version__}; CPU {features.capability}, bfloat16 {features.bfloat16})"
+
+
+def ran_on(metadata: dict) -> str:
+    """The device line after a run: the precision used and why, and the CPU threads."""
+    threads = f", {metadata['threads']} threads" if metadata.get("threads") else ""
+    return f"last run: {metadata['device']}, {metadata['precision']}{threads} ({metadata['precision_reason']})"
+
+
 def detected_devices() -> list[str]:
     import torch
 
@@ -94,8 +113,6 @@ class ETDMSWidget(QWidget):
 
     # ---- construction -----------------------------------------------------------------
     def _build(self):
-        import torch
-
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.slices = ComboBox(label="3D stack", choices=SLICES, value=SLICES[0], visible=False)
         self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
@@ -111,8 +128,7 @@ class ETDMSWidget(QWidget):
         self.weights_file = FileEdit(label="weights.json", filter="weights.json", visible=False)
         devices = detected_devices()
         self.device = ComboBox(label="device", choices=devices, value="auto")
-        auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
-        self.device_info = Label(value=f"detected: {auto} (torch {torch.__version__})")
+        self.device_info = Label(value=detected_summary(devices))
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpmpp")
         self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
@@ -393,8 +409,10 @@ class ETDMSWidget(QWidget):
         self._save_settings()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in layer.name)[:40]
+        # training has no float16 (no loss scaling): that choice adapts in the automatic precision
+        precision = "auto" if self.precision.value == "float16" else self.precision.value
         job = AdaptJob(frames, layer.name, base, user_folder() / f"adapted-{safe}-{stamp}", self.device.value,
-                       float(self.adapt_minutes.value), int(self.adapt_steps.value))
+                       float(self.adapt_minutes.value), int(self.adapt_steps.value), precision)
         self._start(lambda cancel: adapt_job(job, cancel), self._finish_adapting, self.adapt_button,
                     "adapting: preparing the frames...")
 
@@ -530,6 +548,7 @@ class ETDMSWidget(QWidget):
         mapped = results[0].metadata["intensity_map"]
         where = "whole slice" if context.get("noise_from_whole") else "processed frame"
         self.noise_info.value = f"noise ({where}): {results[0].noise.describe(mapped['low'], mapped['high'])}"
+        self.device_info.value = ran_on(results[0].metadata)
 
     def _add_or_update(self, layer, name, data, field_name, context, provenance):
         scale, translate = list(layer.scale), list(layer.translate)

@@ -18,6 +18,7 @@ import numpy as np
 from ..batch import run_serially
 from ..noise import frame_noise
 from ..pipeline import InputError, Pipeline, Result
+from ..runtime import use_threads
 from ..settings import DEFAULTS, RunSettings
 from ..tiling import Cancelled
 
@@ -112,6 +113,7 @@ def run_job(job: Job, cancel: threading.Event):
     started = time.monotonic()
 
     def work(report):
+        use_threads()  # the cores free now: other work on this machine may have changed
         pipeline = load_pipeline(job.weights, job.device, job.precision)
 
         def run_slice(index, progress):
@@ -142,12 +144,13 @@ class AdaptJob:
     device: str = "auto"
     minutes: float | None = None  # None: the default budget
     iterations: int | None = None  # None: the default
+    precision: str = "auto"
 
 
 def adapt_job(job: AdaptJob, cancel: threading.Event):
     """Generator: adapts stage 1 to the job's frames (`training.adapt`), yields Progress and
     returns the AdaptOutcome, or None when cancelled (then no weights folder is left)."""
-    from ..pipeline import select_device
+    from ..runtime import select_device
     from ..training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt, seconds_left, work_folder
 
     started = time.monotonic()
@@ -162,7 +165,7 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
 
         try:
             return adapt(frames, job.output, job.base, minutes, job.iterations, str(select_device(job.device)),
-                         progress=progress, cancel=cancel, sources=[{"layer": job.name}])
+                         progress=progress, cancel=cancel, sources=[{"layer": job.name}], precision=job.precision)
         except BaseException:
             # the widget names each adaptation anew, so nothing would resume this work
             shutil.rmtree(work_folder(job.output), ignore_errors=True)

@@ -40,6 +40,7 @@ from ..io import DEFAULT_MAX_PIXELS, read_frame
 from ..models import build_denoiser
 from ..noise import frame_noise
 from ..pipeline import prepare_frame
+from ..runtime import describe
 from ..tiling import Cancelled
 from ..weights import ADAPTATION_RECORD, WeightsEntry, load_state, resolve, sha256_of, write_entry
 from .loop import TrainingLoop
@@ -207,8 +208,10 @@ class AdaptOutcome:
         r = self.record
         before, after = r["pair_loss_base"], r["pair_loss_adapted"]
         change = f" ({100 * (after / before - 1):+.1f} %)" if before > 0 else ""
+        speed = r["runtime"]
+        threads = f", {speed['threads']} threads" if speed.get("threads") else ""
         scores = f"held-out pair loss {before:.5f} -> {after:.5f}{change} after {r['iterations']} steps, " \
-                 f"{r['minutes']:.1f} min"
+                 f"{r['minutes']:.1f} min ({speed['precision']}{threads})"
         if self.kept:
             return f"adapted weights '{self.entry.name}' written to {self.entry.folder}: {scores}"
         return (f"not kept: the base weights '{r['base']['name']}' fit these frames better ({scores}); "
@@ -239,18 +242,21 @@ def work_folder(output: Path) -> Path:
 def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.PathLike | None = None,
           minutes: float | None = DEFAULT_MINUTES, iterations: int | None = None, device: str = "cpu",
           keep_anyway: bool = False, restart: bool = False, progress=None, cancel=None,
-          show_progress: bool = False, sources: list[str] | None = None) -> AdaptOutcome:
+          show_progress: bool = False, sources: list[str] | None = None, precision: str = "auto",
+          threads: int | None = None) -> AdaptOutcome:
     """Fine-tune `base`'s stage 1 on `frames` for up to `iterations` steps or `minutes`, and
     write it with `base`'s stage 2 as the weights folder `output` (registry name: its folder
     name) if it beats the base on the held-out rows (or `keep_anyway`). `sources` (e.g. the
-    files' sha256) go on record. A set `cancel` raises `Cancelled` and removes the work."""
+    files' sha256) go on record. A set `cancel` raises `Cancelled` and removes the work.
+    `precision` and `threads` as for a run (auto: `runtime.choose_precision`; None: the free cores)."""
     output = Path(output)
     if output.exists():
         raise FileExistsError(f"{output} already exists: choose another name, or remove it first")
     if not frames:
         raise AdaptError("no frames to adapt on")
     base_entry = resolve(base)
-    settings = SETTINGS if iterations is None else SETTINGS.model_copy(update={"iterations": iterations})
+    settings = SETTINGS.model_copy(update={"iterations": iterations or SETTINGS.iterations, "precision": precision,
+                                           "threads": threads})
     if torch.device(device).type == "mps":
         device = "cpu"  # the noise model's float64 arithmetic has no MPS kernels
     work = work_folder(output)
@@ -278,6 +284,7 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
         "minutes": round(training_seconds(steps) / 60, 2),
         "settings": json.loads(settings.model_dump_json(include={"iterations", "batch_size", "learning_rate",
                                                                     "ema_decay"})) | {"crop": CROP},
+        "runtime": describe(loop.device, loop.precision, loop.threads),
         "loss_curve": [[r["iteration"], round(r["loss"], 6)] for r in steps],
         "validation_curve": [[r["iteration"], r["validation"]["pair_loss"]] for r in log if "validation" in r],
         "pair_loss_base": before,

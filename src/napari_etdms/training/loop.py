@@ -9,9 +9,9 @@ the previous checkpoint intact; a restarted loop resumes from it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import ctypes
+import functools
 import json
 import math
 import os
@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ..io import write_file_atomically
+from ..models import tile_inputs
+from ..runtime import Precision, architecture_key, choose_precision, forward_probe, use_threads
 from ..tiling import Cancelled
 
 
@@ -132,8 +134,7 @@ class TrainingLoop:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        self.threads = use_threads(settings.threads) if self.device.type == "cpu" else None
         self.identity = identity or {}
         self.net = net.to(self.device)
         self.model = self.net
@@ -196,10 +197,16 @@ class TrainingLoop:
         """Called before the first step a `train` call makes (e.g. to record the settings)."""
 
     # ---- steps -----------------------------------------------------------------------
+    @functools.cached_property
+    def precision(self) -> Precision:
+        """The settings' precision; `auto` chooses as a run does (`runtime.choose_precision`),
+        timing the network's forward pass on a 64 px tile where the processor cannot tell."""
+        calls = [(self.net, tile_inputs(self.net, 64))]
+        return choose_precision(self.device, self.settings.precision, forward_probe(calls, self.device),
+                                architecture_key([self.net]))
+
     def autocast(self):
-        if self.settings.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.precision.autocast(self.device)
 
     def _on_device(self, batch: dict) -> dict:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}

@@ -57,8 +57,9 @@ class StageConfig(_Strict):
     validation_crops: int = Field(16, gt=0)
     validation_steps: int = Field(10, gt=0)
     checkpoint_every: int = Field(200, gt=0)
-    precision: Literal["bfloat16", "float32"] = "bfloat16"
-    threads: int | None = None
+    # auto: bfloat16 where the processor computes it natively and faster (runtime.choose_precision)
+    precision: Literal["auto", "bfloat16", "float32"] = "auto"
+    threads: int | None = None  # None: the cores free when training starts
     # data-loading processes (crops are degraded on the CPU); each keeps its own copy of the frames
     workers: int = Field(0, ge=0)
     # stricter than data.max_target_noise for this stage's high-res targets (validation unchanged)
