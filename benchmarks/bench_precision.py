@@ -78,9 +78,9 @@ def networks(repeats: int) -> list[dict]:
             denoiser = pipe.denoiser.to(memory_format=memory_format)
             clsr = pipe.clsr.to(memory_format=memory_format)
             for precision in ("float32", "bfloat16"):
-                inputs = tile_inputs(denoiser, DENOISE_SIDE, memory_format)
+                inputs = tile_inputs(denoiser, DENOISE_SIDE, "cpu", memory_format)
                 variants[("stage 1 tile", precision, layout, 1)] = network_call(denoiser, inputs, precision)
-                one = tile_inputs(clsr, 64, memory_format)
+                one = tile_inputs(clsr, 64, "cpu", memory_format)
                 for batch in (1, 4):
                     inputs = one if batch == 1 else tuple(
                         x.repeat(batch, *([1] * (x.dim() - 1))).contiguous(memory_format=memory_format)
@@ -143,7 +143,7 @@ def compiled(repeats: int) -> dict:
     pipe = Pipeline.from_pretrained(device="cpu", precision="float32")
     results = {}
     for name, net, side in (("stage 1", pipe.denoiser, DENOISE_SIDE), ("stage 2", pipe.clsr, 64)):
-        inputs = tile_inputs(net, side, torch.channels_last if name == "stage 2" else torch.contiguous_format)
+        inputs = tile_inputs(net, side, "cpu", torch.channels_last if name == "stage 2" else torch.contiguous_format)
         started = time.perf_counter()
         try:
             fast = torch.compile(net, dynamic=False)

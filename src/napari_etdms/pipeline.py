@@ -170,19 +170,20 @@ class Pipeline:
         self.denoiser = denoiser.to(self.device).eval() if denoiser is not None else None
         self.clsr = clsr.to(self.device, memory_format=memory_format).eval() if clsr is not None else None
         self.memory_format = memory_format
-        calls = self.tile_calls()
-        self.precision_choice: Precision = choose_precision(
-            self.device, precision, forward_probe(calls, self.device), architecture_key([net for net, _ in calls]))
+        networks = [net for net in (self.denoiser, self.clsr) if net is not None]
+        self.precision_choice: Precision = choose_precision(self.device, precision, self._tile_seconds,
+                                                            architecture_key(networks))
         self.precision = self.precision_choice.name
 
-    def tile_calls(self) -> list[tuple[torch.nn.Module, tuple]]:
-        """Each network with one tile's inputs, at the sizes a run feeds it."""
+    def _tile_seconds(self, precision: str) -> float:
+        """One tile of each network, at the sizes a run feeds them, in `precision`."""
         calls = []
         if self.denoiser is not None:
-            calls.append((self.denoiser, tile_inputs(self.denoiser, DENOISE_MIN_TILE + 2 * DENOISE_CONTEXT)))
+            side = DENOISE_MIN_TILE + 2 * DENOISE_CONTEXT
+            calls.append((self.denoiser, tile_inputs(self.denoiser, side, self.device)))
         if self.clsr is not None:
-            calls.append((self.clsr, tile_inputs(self.clsr, RunSettings().tile, self.memory_format)))
-        return calls
+            calls.append((self.clsr, tile_inputs(self.clsr, RunSettings().tile, self.device, self.memory_format)))
+        return forward_probe(calls, self.device)(precision)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device="auto", precision="auto"):

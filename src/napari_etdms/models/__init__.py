@@ -21,10 +21,10 @@ def build_clsr(config: ModelConfig) -> CLSR:
     return CLSR(config.clsr.size())
 
 
-def tile_inputs(net: SwinIRDenoiser | CLSR, side: int, memory_format=torch.contiguous_format) -> tuple:
+def tile_inputs(net: SwinIRDenoiser | CLSR, side: int, device: torch.device | str = "cpu",
+                memory_format=torch.contiguous_format) -> tuple:
     """The inputs of one `side` px low-res tile, as a run feeds the network (zeros): what a
     precision is timed on. CLSR takes the 4x state, the condition and a step."""
-    device = next(net.parameters()).device
     low_res = torch.zeros(1, 1, side, side, device=device).contiguous(memory_format=memory_format)
     if isinstance(net, CLSR):
         state = torch.zeros(1, 1, 4 * side, 4 * side, device=device).contiguous(memory_format=memory_format)

@@ -201,7 +201,7 @@ class TrainingLoop:
     def precision(self) -> Precision:
         """The settings' precision; `auto` chooses as a run does (`runtime.choose_precision`),
         timing the network's forward pass on a 64 px tile where the processor cannot tell."""
-        calls = [(self.net, tile_inputs(self.net, 64))]
+        calls = [(self.net, tile_inputs(self.net, 64, self.device))]
         return choose_precision(self.device, self.settings.precision, forward_probe(calls, self.device),
                                 architecture_key([self.net]))
 
