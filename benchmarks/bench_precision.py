@@ -14,16 +14,19 @@ Prints the processor facts (model, torch's kernels, native bfloat16 or not, the 
   the difference between two seeds, and the speed-up over the method's own loop (paper-size
   CLSR, fp32, one tile at a time, DDIM 200 over the frame's 64 px tiles, estimated from its
   measured step).
+- load: the same frame while another process keeps one core busy, with a thread on every
+  core against the count `use_threads` chooses from the free cores.
 - compile: torch.compile of both networks (first-call time and then per tile), where the
   system compiler allows it. Minutes: not part of the default.
 
-    python benchmarks/bench_precision.py [--parts networks frame] [--repeats 5] [--threads 2]
+    python benchmarks/bench_precision.py [--parts networks frame load compile] [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import time
@@ -139,6 +142,39 @@ def frame_run(repeats: int) -> dict:
             "method_seconds": method, "method_step_s": step, "speedup_over_method": method / seconds["auto"]}
 
 
+def burn(seconds: float) -> None:
+    """Keep one core busy, as another user's job would."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def under_load(repeats: int) -> dict:
+    """The 192 x 256 frame while another process keeps one core busy: every core's threads
+    against the count chosen from the free cores."""
+    frame = np.asarray(read_frame(sample_path("superalloy")).data)[:192, :256]
+    pipe = Pipeline.from_pretrained(device="cpu")
+    busy = multiprocessing.get_context("spawn").Process(target=burn, args=(3600,), daemon=True)
+    busy.start()
+    try:
+        time.sleep(1.0)
+        chosen = use_threads()
+        counts = {"all cores": usable_cores(), f"chosen ({chosen.reason})": chosen.count}
+        seconds = {}
+        for name, count in counts.items():
+            torch.set_num_threads(count)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                pipe.run(frame, seed=0)
+                times.append(time.perf_counter() - started)
+            seconds[name] = statistics.median(times)
+            print(f"  one core busy, {count} threads, {name}: {seconds[name]:.1f} s (median of {repeats})", flush=True)
+    finally:
+        busy.terminate()
+    return {"threads": counts, "seconds": seconds}
+
+
 def compiled(repeats: int) -> dict:
     pipe = Pipeline.from_pretrained(device="cpu", precision="float32")
     results = {}
@@ -163,7 +199,8 @@ def compiled(repeats: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["networks", "frame"], choices=["networks", "frame", "compile"])
+    parser.add_argument("--parts", nargs="+", default=["networks", "frame", "load"],
+                        choices=["networks", "frame", "load", "compile"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="threads for the frame and compile parts (default: free cores)")
     parser.add_argument("--json", help="also write the figures here")
@@ -172,7 +209,7 @@ def main(argv=None) -> int:
     facts = describe(torch.device("cpu"), Pipeline.from_pretrained(device="cpu").precision_choice, threads)
     print(machine_report(facts))
     figures = {"machine": facts}
-    parts = {"networks": networks, "frame": frame_run, "compile": compiled}
+    parts = {"networks": networks, "frame": frame_run, "load": under_load, "compile": compiled}
     for part in args.parts:
         print(f"\n== {part}", flush=True)
         if part != "networks":
