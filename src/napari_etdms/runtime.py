@@ -291,16 +291,20 @@ def usable_cores() -> int:
 
 
 def busy_cores(interval: float = 0.3) -> float:
-    """How many of this process's cores other work keeps busy, measured over `interval` s
-    (this process sleeps meanwhile). 0 where it cannot be measured."""
+    """How many of this process's cores other processes keep busy, measured over `interval`
+    s: the machine's load on those cores less this process's own (helper threads of numpy or
+    torch may still be finishing earlier work). 0 where it cannot be measured."""
     try:
         import psutil
 
+        this = psutil.Process()
+        this.cpu_percent(None)
         percents = psutil.cpu_percent(interval=interval, percpu=True)
+        own = this.cpu_percent(None)
         allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(percents))
     except (ImportError, OSError):
         return 0.0
-    return sum(percents[i] for i in allowed if i < len(percents)) / 100
+    return max(0.0, (sum(percents[i] for i in allowed if i < len(percents)) - own) / 100)
 
 
 def choose_threads(requested: int | None = None, busy: Callable[[], float] = busy_cores) -> Threads:
