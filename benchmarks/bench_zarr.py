@@ -6,6 +6,7 @@ The input is a real SEM frame (the bundled superalloy sample, 1024 px) mirrored 
 requested size, written as a TIFF with a pixel size. The run is `etdms infer` in a child
 process, with the shipped weights and stage 2 on (a short sampler: memory does not depend
 on the step count, time grows with it); its peak resident memory is the child's ru_maxrss.
+The child's first line names the processor, the precision chosen and why, and the threads.
 It then checks the output as napari's reader opens it: the levels, their scale, and the
 x4 output's block means against the denoised frame.
 

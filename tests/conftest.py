@@ -36,10 +36,24 @@ class OracleCLSR(torch.nn.Module):
         return self.schedule.prediction_from_x0(x_t.float(), upsample_condition(cond.float()), t.long().cpu())
 
 
+@pytest.fixture(scope="session")
+def test_cache_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def private_precision_cache(tmp_path_factory, monkeypatch):
-    """Precision measurements made by tests go to a folder of their own, not the user's cache."""
-    monkeypatch.setenv("NAPARI_ETDMS_CACHE", str(tmp_path_factory.mktemp("cache")))
+def private_precision_cache(test_cache_folder, monkeypatch):
+    """Precision measurements made by tests go to a folder of their own (one for the session:
+    a processor that needs measuring is measured once), not the user's cache."""
+    monkeypatch.setenv("NAPARI_ETDMS_CACHE", str(test_cache_folder))
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Runs choose their threads from the machine's load; the next test starts as torch did."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

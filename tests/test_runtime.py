@@ -2,7 +2,7 @@
 mocked both ways, and the per-machine cache of measured verdicts."""
 
 import json
-import threading
+import os
 
 import pytest
 import torch
@@ -17,6 +17,12 @@ AVX2 = CpuFeatures("AVX2", avx512_bf16=False, amx=False, onednn_bf16=False)  # e
 AVX512 = CpuFeatures("AVX512", avx512_bf16=False, amx=False, onednn_bf16=True)  # e.g. Skylake-SP: converts
 ZEN5 = CpuFeatures("AVX512", avx512_bf16=True, amx=False, onednn_bf16=True)
 SAPPHIRE_RAPIDS = CpuFeatures("AVX512", avx512_bf16=False, amx=True, onednn_bf16=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test here counts measurements: a cache of its own."""
+    monkeypatch.setenv(runtime.CACHE_ENV_VAR, str(tmp_path / "cache"))
 
 
 def on_cpu(monkeypatch, features: CpuFeatures):
@@ -52,7 +58,7 @@ def test_avx2_cpus_take_float32_without_measuring(monkeypatch):
     on_cpu(monkeypatch, AVX2)
     probe = Probe(2.0, 1.0)  # even a probe that would favour bfloat16 is not asked
     chosen = choose_precision(CPU, "auto", probe)
-    assert chosen.name == "float32" and "emulates" in chosen.reason and "AVX2" in chosen.reason
+    assert chosen.name == "float32" and "emulated" in chosen.reason and "AVX2" in chosen.reason
     assert chosen.dtype is None
     assert probe.calls == []
 
@@ -121,21 +127,28 @@ def test_undecided_without_a_probe_stays_float32(monkeypatch):
     assert choose_precision(CPU).name == "float32"
 
 
-def fake_cuda(monkeypatch, capability, native_bf16):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: native_bf16 or including_emulation)
+def fake_cuda(monkeypatch, capabilities: dict):
+    """GPUs by index: their compute capabilities, asked for by device."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capabilities[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU {torch.device(device).index}")
 
 
-@pytest.mark.parametrize(("capability", "native", "expected"),
-                         [((9, 0), True, "bfloat16"), ((8, 6), True, "bfloat16"), ((7, 5), False, "float16"),
-                          ((6, 1), False, "float32")])
-def test_cuda_takes_native_bfloat16_else_tensor_core_float16(monkeypatch, capability, native, expected):
-    fake_cuda(monkeypatch, capability, native)
-    chosen = choose_precision(torch.device("cuda"), "auto", Probe(RuntimeError("not asked"), 0.0))
+@pytest.mark.parametrize(("capability", "expected", "training"),
+                         [((9, 0), "bfloat16", "bfloat16"), ((8, 6), "bfloat16", "bfloat16"),
+                          ((7, 5), "float16", "float32"), ((6, 1), "float32", "float32")])
+def test_cuda_takes_native_bfloat16_else_tensor_core_float16(monkeypatch, capability, expected, training):
+    fake_cuda(monkeypatch, {0: capability})
+    chosen = choose_precision(torch.device("cuda:0"), "auto", Probe(RuntimeError("not asked"), 0.0))
     assert chosen.name == expected
-    assert "Test GPU" in chosen.reason and f"{capability[0]}.{capability[1]}" in chosen.reason
+    assert "GPU 0" in chosen.reason and f"{capability[0]}.{capability[1]}" in chosen.reason
+    # training has no loss scaling: never float16
+    assert choose_precision(torch.device("cuda:0"), "auto", training=True).name == training
+
+
+def test_each_gpu_is_asked_about_itself(monkeypatch):
+    fake_cuda(monkeypatch, {0: (7, 5), 1: (9, 0)})
+    assert choose_precision(torch.device("cuda:1")).name == "bfloat16"
+    assert choose_precision(torch.device("cuda:0")).name == "float16"
 
 
 def test_mps_keeps_float32():
@@ -170,7 +183,7 @@ def test_provenance_names_precision_reason_and_threads(monkeypatch):
     finally:
         torch.set_num_threads(before)
     meta = result.metadata
-    assert meta["precision"] == "float32" and "emulates" in meta["precision_reason"]
+    assert meta["precision"] == "float32" and "emulated" in meta["precision_reason"]
     assert meta["threads"] == 1
 
 
@@ -199,20 +212,59 @@ def test_use_threads_sets_torchs_count(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_busy_cores_leaves_out_this_processs_own_work():
+class FakeProcess:
+    def __init__(self, percent):
+        self.percent = percent
+
+    def cpu_percent(self, interval=None):
+        return self.percent
+
+
+def test_busy_cores_leaves_out_this_processs_own_work(monkeypatch):
     """A helper thread of this process still busy (numpy's, torch's) is not other work: a
     run must not give up a core for it."""
-    stop = threading.Event()
+    import psutil
 
-    def spin():
-        while not stop.is_set():
-            pass
+    cores = sorted(os.sched_getaffinity(0))
+    system = [0.0] * (max(cores) + 1)
+    system[cores[0]] = 100.0  # one core busy...
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None, percpu=False: system)
+    monkeypatch.setattr(psutil, "Process", lambda: FakeProcess(100.0))  # ...by this process
+    assert runtime.busy_cores() == 0.0
+    monkeypatch.setattr(psutil, "Process", lambda: FakeProcess(0.0))  # ...by another one
+    assert runtime.busy_cores() == 1.0
 
-    worker = threading.Thread(target=spin, daemon=True)
-    worker.start()
-    try:
-        busy = runtime.busy_cores(interval=0.5)
-    finally:
-        stop.set()
-        worker.join()
-    assert 0 <= busy < 0.6
+
+def test_busy_cores_is_zero_when_it_cannot_measure(monkeypatch):
+    import psutil
+
+    def denied(*args, **kwargs):
+        raise psutil.AccessDenied()
+
+    monkeypatch.setattr(psutil, "cpu_percent", denied)
+    assert runtime.busy_cores() == 0.0
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "onednn", "expected"),
+                         [(True, False, True, "native"), (False, True, True, "native"), (False, False, True, "unknown"),
+                          (False, False, False, "emulated")])
+def test_cpu_features_come_from_torchs_queries(monkeypatch, avx512_bf16, amx, onednn, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    features = CpuFeatures.detect()
+    assert features.bfloat16 == expected
+    assert features.capability == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_probe_times_networks_in_eval_mode_without_drawing_random_numbers():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)).train()
+    seen = []
+    net.register_forward_hook(lambda module, args, out: seen.append(module.training))
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    seconds = runtime.forward_probe([(net, (torch.ones(1, 4),))], CPU)("float32")
+    assert seconds > 0 and seen and not any(seen)
+    assert net.training  # as it was
+    assert torch.equal(torch.rand(1), expected)

@@ -47,6 +47,9 @@ def test_run_adds_overlaid_outputs_with_provenance(setup, qtbot):
     assert meta["weights"]["name"] == "tiny-test" and meta["sampler"] == "ddim" and meta["steps"] == 2
     assert meta["input_layer"] == "sem" and meta["tiling"]["tile"] == 32 and "napari-etdms" in meta["plugin"]
     assert widget.run_button.text == "Run" and "done" in widget.status.value
+    # the device line says what the run computed in, and why
+    assert meta["precision"] in widget.device_info.value and widget.device_info.value.startswith("last run: cpu")
+    assert meta["precision_reason"] in widget.device_info.tooltip and meta["threads"] >= 1
 
 
 def test_rerun_replaces_outputs_and_samples_add_uncertainty(setup, qtbot):

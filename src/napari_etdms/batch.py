@@ -251,7 +251,7 @@ class BatchSettings:
     settings: RunSettings = DEFAULTS
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
-    # torch CPU threads in each process (None: torch's default; dask workers default to 1).
+    # torch CPU threads in each process (None: the free cores, chosen by the CLI; dask workers: 1).
     # Float sums depend on the thread count: the same count gives bit-identical outputs.
     threads: int | None = None
 

@@ -100,7 +100,7 @@ PRESETS: dict[str, ModelConfig] = {
         swinir=SwinIRConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6),
         clsr=CLSRConfig(inner_channels=32, channel_multiplier=12),
     ),
-    # Sized by measurement on a 2-core CPU (bf16 autocast, tcmalloc): CLSR step ~0.27 s at
+    # Sized by measurement on a 2-core Zen 5 CPU (native bf16 autocast, tcmalloc): CLSR step ~0.27 s at
     # batch 8 on 128x128 crops, SwinIR step ~0.45 s at batch 8 on 64x64 crops.
     "lite": ModelConfig(),
 }

@@ -669,6 +669,8 @@ def _settings(pipeline, reports: list[FrameReport], seed: int, crop, frames: int
                 "weights": pipeline.weights_provenance.get("name"),
                 "weights_hash": pipeline.weights_provenance.get("hash"),
                 "software": reports[0].run.get("software") if reports else None,
+                "runtime": {key: reports[0].run.get(key) for key in ("device", "precision", "precision_reason",
+                                                                     "threads")} if reports else None,
                 "degradation": degradation.model_dump(mode="json", exclude_defaults=True) or "shipped",
                 "baselines": list(baselines)}
     if held_out:

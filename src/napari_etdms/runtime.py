@@ -146,10 +146,11 @@ PrecisionProbe = Callable[[str], float]
 
 
 def choose_precision(device: torch.device, requested: str = "auto", probe: PrecisionProbe | None = None,
-                     probe_key: str = "") -> Precision:
+                     probe_key: str = "", training: bool = False) -> Precision:
     """The precision a run uses on `device`. `auto`: reduced precision only where the
     device computes it natively and it is faster for these networks; `probe` times a tile
-    where the capability queries cannot tell (`probe_key` names the networks it times)."""
+    where the capability queries cannot tell (`probe_key` names the networks it times).
+    `training`: never float16, whose gradients underflow without loss scaling."""
     if requested != "auto":
         if requested not in PRECISIONS:
             raise ValueError(f"unknown precision '{requested}' (choose auto, {', '.join(PRECISIONS)})")
@@ -157,11 +158,12 @@ def choose_precision(device: torch.device, requested: str = "auto", probe: Preci
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         name = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        if major >= 8:  # Ampere and later compute bfloat16 in their tensor cores
             return Precision("bfloat16", f"native bfloat16 on {name}")
-        if major >= 7:
+        if major >= 7 and not training:
             return Precision("float16", f"tensor cores without native bfloat16 on {name}")
-        return Precision("float32", f"no tensor cores on {name}")
+        return Precision("float32", f"no native bfloat16 on {name}" + (" (float16 is not trained in)" if
+                                                                          major >= 7 else ""))
     if device.type != "cpu":
         return Precision("float32", f"reduced precision unmeasured on {device.type}")
     features = CpuFeatures.detect()
@@ -169,14 +171,16 @@ def choose_precision(device: torch.device, requested: str = "auto", probe: Preci
     if support == "native":
         return Precision("bfloat16", f"native bfloat16 ({'AMX' if features.amx else 'AVX512-BF16'})")
     if support == "emulated":
-        return Precision("float32", f"no native bfloat16 ({features.capability}): torch emulates it, 3.6-8x slower")
+        return Precision("float32", f"no native bfloat16 ({features.capability}): emulated, 3.6-8.3x slower")
     if probe is None:
         return Precision("float32", f"bfloat16 not native ({features.capability}) and not measured")
     return measured_precision(probe, cache_key(features, probe_key))
 
 
 def cache_key(features: CpuFeatures, probe_key: str) -> str:
-    return f"torch {torch.__version__} | {processor_name()} | {features.capability} | {probe_key}"
+    """What a measurement depends on: torch, the processor, its kernels, the threads, the networks."""
+    return (f"torch {torch.__version__} | {processor_name()} | {features.capability} | "
+            f"{torch.get_num_threads()} threads | {probe_key}")
 
 
 def cache_path() -> Path:
@@ -200,12 +204,16 @@ def read_cache() -> dict:
             and value.get("precision") in PRECISIONS and isinstance(value.get("reason"), str)}
 
 
+CACHE_ENTRIES = 32  # the newest measurements kept: torch upgrades and other weights add keys
+
+
 def write_cache(entries: dict) -> None:
     """Best effort: a read-only or full cache folder costs a measurement next time, no error."""
     from .io import write_file_atomically
 
     path = cache_path()
-    text = json.dumps(entries, indent=1, sort_keys=True)
+    newest = sorted(entries.items(), key=lambda item: str(item[1].get("measured", "")))[-CACHE_ENTRIES:]
+    text = json.dumps(dict(newest), indent=1, sort_keys=True)
     with contextlib.suppress(OSError):
         write_file_atomically(path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
 
@@ -224,10 +232,11 @@ def measured_precision(probe: PrecisionProbe, key: str) -> Precision:
             seconds[name] = math.inf
     faster = seconds["bfloat16"] < MEASURED_MARGIN * seconds["float32"]
     chosen = "bfloat16" if faster else "float32"
-    reason = (f"measured: a tile took {seconds['bfloat16']:.3g} s in bfloat16, {seconds['float32']:.3g} s in "
-              f"float32")
+    today = datetime.now(timezone.utc)
+    reason = (f"measured on {today.date()}: a tile took {seconds['bfloat16']:.3g} s in bfloat16, "
+              f"{seconds['float32']:.3g} s in float32")
     entries[key] = {"precision": chosen, "reason": reason, "seconds": seconds,
-                    "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "measured": today.isoformat(timespec="seconds")}
     write_cache(entries)
     return Precision(chosen, reason)
 
@@ -251,12 +260,21 @@ def forward_probe(calls: list[tuple[torch.nn.Module, tuple]], device: torch.devi
                     network(*inputs)
             sync()
 
-        once()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - started)
+        # in eval mode (no dropout), and drawing no random numbers a run would have drawn
+        modes = [network.training for network, _ in calls]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for network, _ in calls:
+                network.eval()
+            try:
+                once()
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    once()
+                    times.append(time.perf_counter() - started)
+            finally:
+                for (network, _), mode in zip(calls, modes):
+                    network.train(mode)
         return statistics.median(times)
 
     return seconds
@@ -302,14 +320,19 @@ def busy_cores(interval: float = 0.3) -> float:
         percents = psutil.cpu_percent(interval=interval, percpu=True)
         own = this.cpu_percent(None)
         allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(percents))
-    except (ImportError, OSError):
+    except Exception:  # no psutil, a restricted /proc (psutil.Error), ...: nothing measured
         return 0.0
     return max(0.0, (sum(percents[i] for i in allowed if i < len(percents)) - own) / 100)
 
 
-def choose_threads(requested: int | None = None, busy: Callable[[], float] = busy_cores) -> Threads:
+def choose_threads(requested: int | None = None, busy: Callable[[], float] = busy_cores, share: int = 1) -> Threads:
+    """`requested`, else the free cores (at most torch's default), divided among `share`
+    processes of one job (torchrun's ranks on this machine)."""
     if requested:
         return Threads(requested, "as asked")
+    if share > 1:
+        count = max(1, min(usable_cores(), TORCH_DEFAULT_THREADS) // share)
+        return Threads(count, f"the cores shared by {share} processes")
     cores = min(usable_cores(), TORCH_DEFAULT_THREADS)
     load = busy()
     count = max(1, min(cores, round(cores - load)))
@@ -318,9 +341,9 @@ def choose_threads(requested: int | None = None, busy: Callable[[], float] = bus
     return Threads(count, f"{load:.1f} of {cores} cores busy with other work")
 
 
-def use_threads(requested: int | None = None) -> Threads:
+def use_threads(requested: int | None = None, share: int = 1) -> Threads:
     """Choose the CPU threads (`requested` overrides) and have torch use them."""
-    threads = choose_threads(requested)
+    threads = choose_threads(requested, share=share)
     torch.set_num_threads(threads.count)
     return threads
 

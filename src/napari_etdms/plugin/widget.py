@@ -57,23 +57,28 @@ PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampl
              "adapt_steps")
 
 
-def detected_summary(devices: list[str]) -> str:
-    """The device line before any run: what "auto" finds, and whether this CPU computes
-    bfloat16 natively (the automatic precision follows from it; the line after a run says
-    what was used)."""
+def detected_summary(devices: list[str]) -> tuple[str, str]:
+    """The device line before any run, and its tooltip: what "auto" finds and the precision
+    it will run in, from the processor's capabilities (where they cannot tell, the first run
+    measures it; the line after a run says what was used)."""
     import torch
 
-    from ..runtime import CpuFeatures
+    from ..runtime import CpuFeatures, choose_precision, select_device
 
     auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
-    features = CpuFeatures.detect()
-    return f"detected: {auto} (torch {torch.__version__}; CPU {features.capability}, bfloat16 {features.bfloat16})"
+    device = select_device("auto")
+    line = f"detected: {auto}, torch {torch.__version__}"
+    if device.type == "cpu" and CpuFeatures.detect().bfloat16 == "unknown":
+        return f"{line}; precision: measured on the first run", "this processor's bfloat16 speed is measured once"
+    precision = choose_precision(device)
+    return f"{line}; {precision.name}", f"precision {precision.name}: {precision.reason}"
 
 
-def ran_on(metadata: dict) -> str:
-    """The device line after a run: the precision used and why, and the CPU threads."""
+def ran_on(metadata: dict) -> tuple[str, str]:
+    """The device line after a run, and its tooltip: the precision used and why, the threads."""
     threads = f", {metadata['threads']} threads" if metadata.get("threads") else ""
-    return f"last run: {metadata['device']}, {metadata['precision']}{threads} ({metadata['precision_reason']})"
+    return (f"last run: {metadata['device']}, {metadata['precision']}{threads}",
+            f"precision {metadata['precision']}: {metadata['precision_reason']}")
 
 
 def detected_devices() -> list[str]:
@@ -128,7 +133,8 @@ class ETDMSWidget(QWidget):
         self.weights_file = FileEdit(label="weights.json", filter="weights.json", visible=False)
         devices = detected_devices()
         self.device = ComboBox(label="device", choices=devices, value="auto")
-        self.device_info = Label(value=detected_summary(devices))
+        line, why = detected_summary(devices)
+        self.device_info = Label(value=line, tooltip=why)
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpmpp")
         self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
@@ -548,7 +554,7 @@ class ETDMSWidget(QWidget):
         mapped = results[0].metadata["intensity_map"]
         where = "whole slice" if context.get("noise_from_whole") else "processed frame"
         self.noise_info.value = f"noise ({where}): {results[0].noise.describe(mapped['low'], mapped['high'])}"
-        self.device_info.value = ran_on(results[0].metadata)
+        self.device_info.value, self.device_info.tooltip = ran_on(results[0].metadata)
 
     def _add_or_update(self, layer, name, data, field_name, context, provenance):
         scale, translate = list(layer.scale), list(layer.translate)

@@ -58,8 +58,9 @@ MIN_HEIGHT, MIN_WIDTH = CROP + VALIDATION_ROWS, CROP
 # +0.70 dB and the worst frame from -1.65 to -0.71 dB (60 steps, bench_adapt.py's frames)
 EXTRA_NOISE = 1.0
 DEFAULT_MINUTES = 4.0  # with reading, the guard and writing: within 5 minutes on 2 CPU threads
-# ~115 steps fit 5 minutes on 2 CPU threads; on a detector the base mishandles, 100 gained
-# +5.9 dB (adapt-probe) and more steps add little
+# ~115 steps fit 5 minutes on 2 threads of a Zen 5 (native bfloat16), ~50 on an AVX2 Zen 3
+# (float32); on a detector the base mishandles, 100 gained +5.9 dB (adapt-probe) and more
+# steps add little
 SETTINGS = StageConfig(iterations=100, batch_size=8, learning_rate=5e-5, ema_decay=0.99, validate_every=25,
                        checkpoint_every=10, loss="mse")
 
@@ -255,8 +256,8 @@ def adapt(frames: list[AdaptFrame], output: str | os.PathLike, base: str | os.Pa
     if not frames:
         raise AdaptError("no frames to adapt on")
     base_entry = resolve(base)
-    settings = SETTINGS.model_copy(update={"iterations": iterations or SETTINGS.iterations, "precision": precision,
-                                           "threads": threads})
+    settings = StageConfig.model_validate(SETTINGS.model_dump() | {
+        "iterations": iterations or SETTINGS.iterations, "precision": precision, "threads": threads})
     if torch.device(device).type == "mps":
         device = "cpu"  # the noise model's float64 arithmetic has no MPS kernels
     work = work_folder(output)

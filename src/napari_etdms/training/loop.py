@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ..io import write_file_atomically
 from ..models import tile_inputs
-from ..runtime import Precision, architecture_key, choose_precision, forward_probe, use_threads
+from ..runtime import Precision, architecture_key, choose_precision, describe, forward_probe, use_threads
 from ..tiling import Cancelled
 
 
@@ -134,7 +134,9 @@ class TrainingLoop:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
-        self.threads = use_threads(settings.threads) if self.device.type == "cpu" else None
+        # processes of one torchrun on this machine share its cores
+        share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.is_initialized() else 1
+        self.threads = use_threads(settings.threads, share)
         self.identity = identity or {}
         self.net = net.to(self.device)
         self.model = self.net
@@ -199,11 +201,17 @@ class TrainingLoop:
     # ---- steps -----------------------------------------------------------------------
     @functools.cached_property
     def precision(self) -> Precision:
-        """The settings' precision; `auto` chooses as a run does (`runtime.choose_precision`),
-        timing the network's forward pass on a 64 px tile where the processor cannot tell."""
+        """The settings' precision; `auto` chooses as a run does (`runtime.choose_precision`,
+        never float16), timing the network's forward pass on a 64 px tile where the processor
+        cannot tell. Under torchrun every rank takes rank 0's choice."""
         calls = [(self.net, tile_inputs(self.net, 64, self.device))]
-        return choose_precision(self.device, self.settings.precision, forward_probe(calls, self.device),
-                                architecture_key([self.net]))
+        chosen = choose_precision(self.device, self.settings.precision, forward_probe(calls, self.device),
+                                  architecture_key([self.net]), training=True)
+        if dist.is_initialized():
+            lead_bfloat16 = bool(lead_decides(float(chosen.name == "bfloat16"), self.device))
+            if lead_bfloat16 != (chosen.name == "bfloat16"):
+                chosen = Precision("bfloat16" if lead_bfloat16 else "float32", "rank 0's choice")
+        return chosen
 
     def autocast(self):
         return self.precision.autocast(self.device)
@@ -254,6 +262,9 @@ class TrainingLoop:
         self.net.train()
         if self.iteration < total:
             self.on_start()
+            # chosen here, on every rank at once; the log says what the steps' speed rests on
+            self.log({"iteration": self.iteration, "runtime": describe(self.device, self.precision, self.threads),
+                      "time": time.time()})
 
         def out_of_time() -> bool:  # no collective call per step when there is no budget to agree on
             return deadline != math.inf and bool(lead_decides(time.monotonic() >= deadline, self.device))
