@@ -13,8 +13,9 @@ per machine in the user's cache folder, keyed by torch version, processor, capab
 networks, so it costs nothing after the first run. A stale or corrupt cache file is ignored
 and rewritten.
 
-Threads. Two torch threads on two cores that another process also uses slowed a run 4-20x
-(each thread waits for the slowest at every parallel region), so by default a run takes the
+Threads. Two torch threads on two cores that another process also uses slow a run (1.5x with
+one core busy on a Zen 3, 4-20x in an earlier test: each thread waits for the slowest at
+every parallel region), so by default a run takes the
 cores that are free now: the cores this process may use (affinity, cgroup quota), less the
 load on them measured over a short moment, at most torch's own default (physical cores).
 """
