@@ -46,6 +46,7 @@ def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
     assert val_scenes.isdisjoint({r["scene"] for r in split["train"]})
     log = [json.loads(line) for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
     assert any("validation" in rec for rec in log)
+    assert log[0]["runtime"]["precision"] == trainer.precision.name  # provenance of the steps' speed
 
     more = tiny_train_config(pool, iterations=5)
     resumed = StageTrainer(more, "stage1", run)
@@ -169,8 +170,12 @@ def test_train_command_under_torchrun_joins_one_process_group(pool, tmp_path):
     done = torchrun()
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("stage1: iteration 2/2") == 1  # rank 0 alone reports
-    logged = [json.loads(line)["iteration"] for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "stage1" / "log.jsonl").read_text().splitlines()]
+    logged = [record["iteration"] for record in records if "runtime" not in record]
     assert logged == [1, 2, 2]  # losses at 1 and 2, validation at 2: one writer, no duplicates
+    (runtime,) = [record["runtime"] for record in records if "runtime" in record]  # what the steps ran with
+    assert runtime["precision"] in ("float32", "bfloat16") and runtime["precision_reason"]
+    assert "shared by 2 processes" in runtime["threads_reason"]  # the two ranks split the cores
 
     config_path.write_text(tiny_train_config(pool, iterations=100000).model_dump_json())
     budget = torchrun("--max-minutes", "0.05")
