@@ -151,6 +151,11 @@ def test_each_gpu_is_asked_about_itself(monkeypatch):
     assert choose_precision(torch.device("cuda:0")).name == "float16"
 
 
+def test_device_selection():
+    assert runtime.select_device("auto").type in ("cpu", "cuda", "mps")
+    assert runtime.select_device("cpu").type == "cpu"
+
+
 def test_mps_keeps_float32():
     assert choose_precision(torch.device("mps")).name == "float32"
 

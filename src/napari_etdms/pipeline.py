@@ -161,7 +161,7 @@ class Pipeline:
         self.device = select_device(device)
         self.weights = weights
         # channels_last for the conv-heavy CLSR: 2.35x with bfloat16 autocast on a CPU with
-        # native bfloat16, the same speed in float32 on an AVX2 one (benchmarks/bench_precision.py)
+        # native bfloat16, 12-14 % in float32 on an AVX2 one (benchmarks/bench_precision.py)
         memory_format = torch.contiguous_format if self.device.type == "mps" else torch.channels_last
         # Tiles per network call when not given. On an H200, 8 per call (the largest measured)
         # ran 3.6-6.7x the tiles/s of 1; on the 2-core CPU here batching gained nothing, and

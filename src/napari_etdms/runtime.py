@@ -5,7 +5,7 @@ output's provenance show.
 Precision. bfloat16 autocast doubles conv throughput where the processor computes it
 natively (AVX512-BF16 or AMX on the CPU, CUDA from compute capability 8.0) and is several
 times *slower* where it is emulated: on an AVX2-only AMD EPYC (Zen 3) one CLSR step of the
-lite model took 0.82 s in bfloat16 against 0.10 s in float32 (benchmarks/bench_precision.py).
+lite model took 0.85 s in bfloat16 against 0.11 s in float32 (benchmarks/bench_precision.py).
 torch's own capability queries settle most processors. Where they cannot (a CPU whose
 oneDNN takes bfloat16 without computing it natively: AVX512 without BF16, AVX2-VNNI-2,
 ARM), one tile of the networks is timed in each precision once, and the verdict is cached
@@ -172,7 +172,7 @@ def choose_precision(device: torch.device, requested: str = "auto", probe: Preci
     if support == "native":
         return Precision("bfloat16", f"native bfloat16 ({'AMX' if features.amx else 'AVX512-BF16'})")
     if support == "emulated":
-        return Precision("float32", f"no native bfloat16 ({features.capability}): emulated, 3.6-8.3x slower")
+        return Precision("float32", f"no native bfloat16 ({features.capability}): emulated, 5-9x slower")
     if probe is None:
         return Precision("float32", f"bfloat16 not native ({features.capability}) and not measured")
     return measured_precision(probe, cache_key(features, probe_key))
