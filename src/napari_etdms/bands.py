@@ -30,6 +30,7 @@ NOISE_BLOCK = 256  # x4 px
 BAND_ROWS = 256  # x4 rows per band in the passes that are not tied to the tile grid (a multiple of SCALE)
 # bicubic reads two low-res rows either side of the one an output row falls in
 BICUBIC_REACH = 2
+LOG_VARIANCE_MAX = 8.0  # a predicted error variance above e^8 (target units) means nothing more
 
 TilePredictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x tiles, condition tiles, t)
 
@@ -70,6 +71,12 @@ def project_onto_low_res(high_res: torch.Tensor, low_res: torch.Tensor) -> torch
     return high_res + F.interpolate(residual, scale_factor=SCALE, mode="nearest")
 
 
+def consistent_rows(high_res: torch.Tensor, restored: torch.Tensor, top: int, end: int) -> torch.Tensor:
+    """x4 rows [top, end) of an image projected onto the (padded) low-res frame `restored`."""
+    measured = restored[..., top // SCALE : end // SCALE, :]
+    return project_onto_low_res(high_res[None, None], measured)[0, 0]
+
+
 class BlockNoise:
     """Standard normal noise over a (height, width) x4 frame for one seed, block by block."""
 
@@ -95,20 +102,15 @@ class BlockNoise:
         return strip[top - first * NOISE_BLOCK : bottom - first * NOISE_BLOCK]
 
 
-class BandedChain:
-    """Draws of stage 2 for one frame (padded to `grid`), into x4 arrays from `arrays`."""
+class TileRowBlender:
+    """Stage 2's tiles of a frame, predicted a row of the grid at a time and taper-blended,
+    handed on as soon as rows are complete (no later tile reaches them)."""
 
-    def __init__(self, sampler: Sampler, grid: TileGrid, predict: TilePredictor, condition: torch.Tensor,
-                 restored: torch.Tensor, diffusion, arrays: ArrayFactory, data_consistency: bool,
-                 batch_size: int, tick: Callable[[], None]):
+    def __init__(self, grid: TileGrid, condition: torch.Tensor, batch_size: int, tick: Callable[[], None]):
         if grid.context:
             raise ValueError("stage 2's tiles take no context")
-        self.sampler, self.grid, self.predict = sampler, grid, predict
-        self.condition, self.restored, self.diffusion = condition, restored, diffusion
-        self.data_consistency, self.batch_size, self.tick = data_consistency, batch_size, tick
+        self.grid, self.condition, self.batch_size, self.tick = grid, condition, batch_size, tick
         self.shape = (SCALE * grid.height, SCALE * grid.width)
-        self.state = arrays.empty("state", self.shape)
-        self.previous = arrays.empty("previous", self.shape) if sampler.uses_previous else None
         self.tile_rows, self.tile_columns = grid.row_starts, grid.column_starts
         side = taper(grid.tile * SCALE, grid.overlap * SCALE // 2)
         self.tile_weight = side[:, None] * side[None, :]
@@ -123,6 +125,51 @@ class BandedChain:
             total[SCALE * start : SCALE * start + len(side)] += side
         return total
 
+    def rows(self, read_band: Callable[[int, int], torch.Tensor],
+             predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        """Yield (top, end, x rows, blended output rows (C, rows, width)) for consecutive bands
+        of x4 rows. `read_band(top, bottom)` gives the x4 input rows (rows, width) the tiles
+        take; `predict(x tiles, low-res condition tiles)` their (n, C, h, w) outputs."""
+        tile = self.grid.tile
+        span = SCALE * tile
+        carried = None
+        for i, y in enumerate(self.tile_rows):
+            top = SCALE * y
+            band = read_band(top, top + span)
+            blended = None
+            for start in range(0, len(self.tile_columns), self.batch_size):
+                columns = self.tile_columns[start : start + self.batch_size]
+                x_tiles = torch.stack([band[None, :, SCALE * x : SCALE * x + span] for x in columns])
+                c_tiles = torch.cat([self.condition[..., y : y + tile, x : x + tile] for x in columns])
+                out = predict(x_tiles, c_tiles).float().cpu()
+                if blended is None:
+                    blended = torch.zeros(out.shape[1], span, self.shape[1])
+                    if carried is not None:
+                        blended[:, : carried.shape[1]] = carried
+                for j, x in enumerate(columns):
+                    blended[:, :, SCALE * x : SCALE * x + span] += out[j] * self.tile_weight
+                self.tick()
+            # rows above the next tile row are complete
+            end = SCALE * self.tile_rows[i + 1] if i + 1 < len(self.tile_rows) else self.shape[0]
+            done = end - top
+            yield top, end, band[:done], blended[:, :done] / (self.row_total[top:end, None] *
+                                                              self.column_total[None, :])
+            carried = blended[:, done:]
+
+
+class BandedChain:
+    """Draws of stage 2 for one frame (padded to `grid`), into x4 arrays from `arrays`."""
+
+    def __init__(self, sampler: Sampler, grid: TileGrid, predict: TilePredictor, condition: torch.Tensor,
+                 restored: torch.Tensor, diffusion, arrays: ArrayFactory, data_consistency: bool,
+                 batch_size: int, tick: Callable[[], None]):
+        self.blender = TileRowBlender(grid, condition, batch_size, tick)
+        self.sampler, self.predict = sampler, predict
+        self.restored, self.diffusion, self.data_consistency = restored, diffusion, data_consistency
+        self.shape = self.blender.shape
+        self.state = arrays.empty("state", self.shape)
+        self.previous = arrays.empty("previous", self.shape) if sampler.uses_previous else None
+
     def draw(self, seed: int):
         """One chain from pure noise; returns the x4 array of the draw's target x0."""
         noise = BlockNoise(seed, self.shape[1])
@@ -133,37 +180,19 @@ class BandedChain:
         return self.state
 
     def _step(self, k: int, noise: BlockNoise) -> None:
-        tile, t = self.grid.tile, self.sampler.updates[k].t
-        span = SCALE * tile
-        carried = torch.zeros(0, self.shape[1])
-        for i, y in enumerate(self.tile_rows):
-            top = SCALE * y
-            band = read_rows(self.state, top, top + span)
-            blended = torch.zeros(span, self.shape[1])
-            blended[: len(carried)] = carried
-            for start in range(0, len(self.tile_columns), self.batch_size):
-                columns = self.tile_columns[start : start + self.batch_size]
-                x_tiles = torch.stack([band[None, :, SCALE * x : SCALE * x + span] for x in columns])
-                c_tiles = torch.cat([self.condition[..., y : y + tile, x : x + tile] for x in columns])
-                out = self.predict(x_tiles, c_tiles, t).float().cpu()
-                for j, x in enumerate(columns):
-                    blended[:, SCALE * x : SCALE * x + span] += out[j, 0] * self.tile_weight
-                self.tick()
-            # rows above the next tile row are complete for this step
-            end = SCALE * self.tile_rows[i + 1] if i + 1 < len(self.tile_rows) else self.shape[0]
-            done = end - top
-            output = blended[:done] / (self.row_total[top:end, None] * self.column_total[None, :])
-            self._update_rows(k, top, end, band[:done], output, noise)
-            carried = blended[done:]
+        t = self.sampler.updates[k].t
+        predict = lambda x_tiles, c_tiles: self.predict(x_tiles, c_tiles, t)  # noqa: E731
+        for top, end, x, output in self.blender.rows(lambda top, bottom: read_rows(self.state, top, bottom),
+                                                     predict):
+            self._update_rows(k, top, end, x, output[0], noise)
 
     def _update_rows(self, k, top, end, x, output, noise: BlockNoise) -> None:
         update = self.sampler.updates[k]
         x0 = self.sampler.x0_estimate(k, output, x)
         if self.data_consistency:
             upsampled = upsample_rows(self.restored, top, end)[0, 0]
-            measured = self.restored[..., top // SCALE : end // SCALE, :]
-            high_res = from_target(x0, upsampled, self.diffusion)[None, None]
-            x0 = to_target(project_onto_low_res(high_res, measured)[0, 0], upsampled, self.diffusion)
+            x0 = to_target(consistent_rows(from_target(x0, upsampled, self.diffusion), self.restored, top, end),
+                           upsampled, self.diffusion)
         previous = read_rows(self.previous, top, end) if update.previous else None
         fresh = noise.rows(k, top, end) if update.noise else None
         self.state[top:end] = self.sampler.update(k, x, x0, previous, fresh).numpy()
@@ -195,5 +224,46 @@ class DrawStatistics:
                 squares = read_rows(self.squares, top, bottom) + (draw - mean) * (draw - moved)
                 self.squares[top:bottom] = squares.numpy()
 
+    @property
+    def has_spread(self) -> bool:
+        return self.squares is not None and self.count > 1
+
     def std_rows(self, top: int, bottom: int) -> torch.Tensor:
         return (read_rows(self.squares, top, bottom) / (self.count - 1)).clamp_min(0).sqrt()
+
+
+class PredictedMean:
+    """Stage 2 as one regression (`ModelConfig.stage2 == "regression"`): each tile's posterior
+    mean of the x4 frame and the variance of its error, taper-blended in bands into x4 arrays.
+    The network takes the bicubic x4 of the condition where a diffusion CLSR takes its noisy
+    state, and `step`, the condition's reliability (`models.clsr.reliability_step`).
+
+    Offers what `DrawStatistics` offers the pipeline: `mean` (image units, padded x4 frame),
+    `has_spread` and `std_rows` (the predicted standard deviation of the mean's error)."""
+
+    def __init__(self, grid: TileGrid, predict: TilePredictor, condition: torch.Tensor, restored: torch.Tensor,
+                 step: float, diffusion, arrays: ArrayFactory, data_consistency: bool, with_std: bool,
+                 batch_size: int, tick: Callable[[], None]):
+        blender = TileRowBlender(grid, condition, batch_size, tick)
+        self.mean = arrays.empty("mean", blender.shape)
+        self.std = arrays.empty("std", blender.shape) if with_std else None
+
+        def mean_and_variance(x_tiles, c_tiles):
+            out = predict(x_tiles, c_tiles, step).float()
+            return torch.cat([out[:, :1], out[:, 1:].clamp(max=LOG_VARIANCE_MAX).exp()], dim=1)
+
+        def upsampled(top, bottom):
+            return upsample_rows(restored, top, bottom)[0, 0]
+
+        for top, end, x, output in blender.rows(upsampled, mean_and_variance):
+            mean = from_target(output[0], x, diffusion)
+            self.mean[top:end] = (consistent_rows(mean, restored, top, end) if data_consistency else mean).numpy()
+            if self.std is not None:
+                self.std[top:end] = (output[1].sqrt() / diffusion.target_scale).numpy()
+
+    @property
+    def has_spread(self) -> bool:
+        return self.std is not None
+
+    def std_rows(self, top: int, bottom: int) -> torch.Tensor:
+        return read_rows(self.std, top, bottom)

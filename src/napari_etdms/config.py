@@ -53,6 +53,9 @@ class CLSRConfig(_Strict):
     # Condition on the measured low-res frame as well as the stage-1 output (the paper: the
     # stage-1 output only), so stage 2 can recover detail the denoiser removed.
     measured_input: bool = False
+    # A second output, the log-variance of the mean's error per pixel (stage 2 "regression"):
+    # the uncertainty of a one-evaluation stage 2 whose output is the posterior mean.
+    uncertainty: bool = False
 
     @model_validator(mode="after")
     def _even(self):
@@ -61,7 +64,8 @@ class CLSRConfig(_Strict):
         return self
 
     def size(self) -> CLSRSize:
-        return CLSRSize(self.inner_channels, self.channel_multiplier, self.dropout, self.measured_input)
+        return CLSRSize(self.inner_channels, self.channel_multiplier, self.dropout, self.measured_input,
+                        self.uncertainty)
 
 
 class DiffusionConfig(_Strict):
@@ -93,6 +97,17 @@ class ModelConfig(_Strict):
     swinir: SwinIRConfig = SwinIRConfig()
     clsr: CLSRConfig = CLSRConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    # How stage 2 runs the CLSR: "diffusion" (the paper: a sampler over noisy states, many
+    # evaluations) or "regression": one evaluation per tile on the bicubic x4 of the condition,
+    # told how reliable the condition is, returning the posterior mean of the x4 frame (the
+    # residual target of `diffusion`) and, with clsr.uncertainty, the variance of its error.
+    stage2: Literal["diffusion", "regression"] = "diffusion"
+
+    @model_validator(mode="after")
+    def _regression_predicts_a_residual_with_its_variance(self):
+        if self.stage2 == "regression" and (self.diffusion.target != "residual" or not self.clsr.uncertainty):
+            raise ValueError("stage2 'regression' needs diffusion.target 'residual' and clsr.uncertainty true")
+        return self
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -20,15 +20,16 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bands import ArrayFactory, BandedChain, DrawStatistics, MemoryArrays, read_rows, row_bands, upsample_rows
+from .bands import (ArrayFactory, BandedChain, DrawStatistics, MemoryArrays, PredictedMean, read_rows, row_bands,
+                    upsample_rows)
 from .config import ModelConfig, model_config
 from .denoise import apply_denoiser
 from .diffusion import DEFAULT_PRESET, default_steps, make_sampler
 from .intensity import SIGNAL_SMOOTHING, IntensityMap
 from .metrics import block_means_psnr
 from .models import build_clsr, build_denoiser, tile_inputs
-from .models.clsr import SCALE
-from .noise import NoiseModel, frame_noise
+from .models.clsr import SCALE, reliability_step
+from .noise import NoiseModel, Stabiliser, frame_noise
 from .runtime import Precision, architecture_key, choose_precision, forward_probe, select_device
 from .settings import DEFAULTS, RunSettings
 from .tiling import Cancelled, TileGrid, blend_tiles
@@ -283,10 +284,11 @@ class Pipeline:
                         noise=noise)
 
         cond = low_res
+        normalised_noise = noise.rescaled(mapping.low, mapping.high)
         if settings.denoise:
             ticker.stage = "denoise"
             started = time.perf_counter()
-            cond = self._denoise(low_res, noise.rescaled(mapping.low, mapping.high), settings.strength,
+            cond = self._denoise(low_res, normalised_noise, settings.strength,
                                  plan.denoise_grid, settings.batch_size, ticker.tick)
             timings["denoise_s"] = round(time.perf_counter() - started, 3)
             result.denoised = mapping.inverse(cond[0, 0, :height, :width].numpy())
@@ -296,7 +298,7 @@ class Pipeline:
         if settings.super_resolve:
             ticker.stage = "super-resolve"
             started = time.perf_counter()
-            draws = self._super_resolve(cond, low_res, plan.grid, settings, arrays, ticker.tick)
+            draws = self._super_resolve(cond, low_res, normalised_noise, plan.grid, settings, arrays, ticker.tick)
             timings["super_resolve_s"] = round(time.perf_counter() - started, 3)
             self._summarise_draws(result, draws, cond, mapping, height, width, arrays)
 
@@ -308,12 +310,19 @@ class Pipeline:
         settings with the weights' preset and the device's batch filled in, both tile grids,
         and the work in tile batches. Raises InputError / ValueError / MemoryError."""
         frame = prepare_frame(image)
-        sampler = settings.sampler or self.recommended["sampler"]
-        steps = settings.steps
-        if steps is None:
-            steps = self.recommended["steps"] if sampler == self.recommended["sampler"] else None
-        if steps is None:
-            steps = default_steps(sampler, self.config.diffusion)
+        if self.one_evaluation:
+            if settings.super_resolve and (settings.sampler is not None or settings.steps not in (None, 1)):
+                raise ValueError(f"the stage 2 of {self.weights_provenance['name']} is one network evaluation (the "
+                                 "posterior mean): sampler and steps apply only to diffusion weights "
+                                 "(e.g. etdms-sem-v2)")
+            sampler, steps = None, 1
+        else:
+            sampler = settings.sampler or self.recommended["sampler"]
+            steps = settings.steps
+            if steps is None:
+                steps = self.recommended["steps"] if sampler == self.recommended["sampler"] else None
+            if steps is None:
+                steps = default_steps(sampler, self.config.diffusion)
         consistency = settings.data_consistency
         settings = dataclasses.replace(
             settings, sampler=sampler, steps=steps,
@@ -346,9 +355,12 @@ class Pipeline:
         batches = -(-len(denoise_grid.origins) // settings.batch_size)
         # stage 2 batches tiles within a row of the grid
         band_batches = len(grid.row_starts) * -(-len(grid.column_starts) // settings.batch_size)
-        sampling_steps = make_sampler(settings.sampler, self.config.diffusion, settings.steps).steps
-        total = ((batches if settings.denoise else 0)
-                 + (settings.samples * sampling_steps * band_batches if settings.super_resolve else 0))
+        if self.one_evaluation:
+            evaluations = band_batches  # one evaluation gives the mean and, for samples > 1, its error's std
+        else:
+            evaluations = settings.samples * band_batches * make_sampler(settings.sampler, self.config.diffusion,
+                                                                         settings.steps).steps
+        total = (batches if settings.denoise else 0) + (evaluations if settings.super_resolve else 0)
         return RunPlan(settings, frame, grid, denoise_grid, total)
 
     def describe(self, plan: RunPlan, result: Result, mapping: IntensityMap, noise_source: str,
@@ -360,11 +372,14 @@ class Pipeline:
             "software": f"napari-etdms {__version__}",
             "weights": self.weights_provenance,
             "stages": [s for s, on in (("denoise", dn), ("super-resolve", sr)) if on],
+            "stage2": self.config.stage2 if sr else None,
             "sampler": settings.sampler if sr else None,
             "steps": settings.steps if sr else None,
             "eta": settings.eta if sr and settings.sampler == "ddim" else None,
             "seed": settings.seed,
             "samples": settings.samples,
+            "uncertainty": (("predicted error std of the mean (one evaluation)" if self.one_evaluation else
+                             f"std of {settings.samples} draws") if sr and settings.samples > 1 else None),
             "data_consistency": settings.data_consistency if sr else None,
             "tiling": plan.grid.describe() | {"batch_size": settings.batch_size},
             "denoise_tiling": plan.denoise_grid.describe() if dn else None,
@@ -397,7 +412,7 @@ class Pipeline:
         the low-res frame it was made from, written band by band."""
         shape = (SCALE * height, SCALE * width)
         result.super_resolved = arrays.empty("super_resolved", shape)
-        result.std = arrays.empty("std", shape) if draws.count > 1 else None
+        result.std = arrays.empty("std", shape) if draws.has_spread else None
         block_means = np.empty((height, width), np.float32)
         for top, bottom in row_bands(shape[0]):
             rows = mapping.inverse(read_rows(draws.mean, top, bottom)[:, : shape[1]].numpy())
@@ -412,6 +427,11 @@ class Pipeline:
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device).contiguous(memory_format=self.memory_format)
+
+    @property
+    def one_evaluation(self) -> bool:
+        """Stage 2 is one regression per tile (posterior mean and its error's variance), not a sampler."""
+        return self.config.stage2 == "regression"
 
     @property
     def noise_aware(self) -> bool:
@@ -434,18 +454,25 @@ class Pipeline:
         return apply_denoiser(self.denoiser, low_res, as_tensor(noise.gain), as_tensor(noise.offset), strength, run)
 
     @torch.no_grad()
-    def _super_resolve(self, cond, measured, grid, settings: RunSettings, arrays: ArrayFactory, tick
-                       ) -> DrawStatistics:
-        """`settings.samples` draws of stage 2, summarised as they end."""
-        sampler = make_sampler(settings.sampler, self.config.diffusion, settings.steps, settings.eta)
+    def _super_resolve(self, cond, measured, noise: NoiseModel, grid, settings: RunSettings, arrays: ArrayFactory,
+                       tick) -> DrawStatistics | PredictedMean:
+        """`settings.samples` draws of stage 2, summarised as they end; or, for a regression
+        CLSR, its one prediction (told the reliability of `cond` from the frame's `noise` on the
+        normalised [0, 1] scale), with its error's std when samples > 1."""
 
         def predict_tiles(x_tiles, c_tiles, t):
             steps_t = torch.full((x_tiles.shape[0],), t, device=self.device)
             with self._autocast():
                 return self.clsr(self._to_device(x_tiles), self._to_device(c_tiles), steps_t)
 
-        chain = BandedChain(sampler, grid, predict_tiles, self.clsr.condition(cond, measured), cond,
-                            self.config.diffusion, arrays, settings.data_consistency, settings.batch_size, tick)
+        condition = self.clsr.condition(cond, measured)
+        if self.one_evaluation:
+            step = float(reliability_step(Stabiliser(noise.gain, noise.offset).sigma))
+            return PredictedMean(grid, predict_tiles, condition, cond, step, self.config.diffusion, arrays,
+                                 settings.data_consistency, settings.samples > 1, settings.batch_size, tick)
+        sampler = make_sampler(settings.sampler, self.config.diffusion, settings.steps, settings.eta)
+        chain = BandedChain(sampler, grid, predict_tiles, condition, cond, self.config.diffusion, arrays,
+                            settings.data_consistency, settings.batch_size, tick)
         draws = DrawStatistics(arrays, chain.shape, spread=settings.samples > 1)
         for draw in range(settings.samples):  # draw k is the single draw of seed + k
             draws.add(chain.draw(settings.seed + draw), cond, self.config.diffusion)

@@ -28,6 +28,7 @@ class CLSRSize:
     channel_multiplier: int = 12
     dropout: float = 0.0
     measured_input: bool = False
+    uncertainty: bool = False
 
     @property
     def base_channels(self) -> int:
@@ -83,6 +84,19 @@ class CrossAttention(nn.Module):
         return x + self.out(attended)
 
 
+# The step input of a regression CLSR is the condition's noise level: 0 for a noise-free
+# frame, rising towards the last diffusion step as the level grows past RELIABILITY_SCALE.
+RELIABILITY_SCALE = 0.05
+RELIABILITY_STEPS = 2000
+
+
+def reliability_step(level: torch.Tensor) -> torch.Tensor:
+    """The step a regression CLSR is given for a condition whose noise had `level` (std on the
+    stabilised [-1, 1] scale, `Stabiliser.sigma`): how far to trust the condition."""
+    level = level.float().flatten().clamp(min=0.0)
+    return (RELIABILITY_STEPS - 1) * level / (level + RELIABILITY_SCALE)
+
+
 class CLSR(nn.Module):
     def __init__(self, size: CLSRSize):
         super().__init__()
@@ -107,15 +121,29 @@ class CLSR(nn.Module):
         self.dec1 = nn.ModuleList(ResBlock(c1, emb, size.dropout) for _ in range(2))
         self.norm_out = nn.GroupNorm(_groups(c0), c0)
         self.conv_out = nn.Conv2d(c0, 1, 3, padding=1)
+        self.uncertainty = size.uncertainty
+        if size.uncertainty:
+            self.log_variance_out = nn.Conv2d(c0, 1, 3, padding=1)
+            nn.init.zeros_(self.log_variance_out.weight)
+            nn.init.zeros_(self.log_variance_out.bias)
 
     def grow_from(self, state: dict[str, torch.Tensor]) -> None:
         """Start from trained CLSR weights of the same size, with or without the measured input;
-        a branch the source lacks stays zero, so the result computes what the source did."""
+        a branch the source lacks stays zero, so the result computes what the source did.
+
+        A CLSR with the uncertainty output grown from one without it (a diffusion noise
+        predictor) keeps the source's features but starts its mean output at zero: the
+        residual over the bicubic x4 of the condition, so it starts as that bicubic."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        unplaced = unexpected + [name for name in missing if not name.startswith("measured_in.")]
+        added = ("measured_in.", "log_variance_out.")
+        unplaced = unexpected + [name for name in missing if not name.startswith(added)]
         if unplaced:
             raise ValueError(f"cannot grow from these weights: '{unplaced[0]}' does not fit this CLSR "
-                             "(only the measured input may be added)")
+                             "(only the measured input and the uncertainty output may be added)")
+        if self.uncertainty and "log_variance_out.weight" not in state:
+            with torch.no_grad():
+                self.conv_out.weight.zero_()
+                self.conv_out.bias.zero_()
 
     def condition(self, restored: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
         """The condition this model takes from the stage-1 output and the measured frame."""
@@ -157,4 +185,7 @@ class CLSR(nn.Module):
         for block in self.dec1:
             x = block(x, emb)
         x = F.pixel_shuffle(x, 2)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        features = F.silu(self.norm_out(x))
+        if self.uncertainty:
+            return torch.cat([self.conv_out(features), self.log_variance_out(features)], dim=1)
+        return self.conv_out(features)

@@ -19,6 +19,7 @@ from ..denoise import apply_denoiser
 from ..diffusion import make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim
+from ..models.clsr import reliability_step
 from ..noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
@@ -155,6 +156,67 @@ class ConditionalDiffusion:
         clean_hr = clean_hr.cpu()
         return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
                 "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)}
+
+
+# a crop's loss is its squared error over its bicubic's (scaled residual units), at least this
+MEAN_LOSS_FLOOR = 0.01
+LOG_VARIANCE_RANGE = (-16.0, 8.0)
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two equally shaped tensors (ties broken by position)."""
+    ranks = [x.flatten().argsort().argsort().double() for x in (a, b)]
+    ranks = [r - r.mean() for r in ranks]
+    return float((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()).clamp(min=1e-12))
+
+
+class ConditionalRegression(ConditionalDiffusion):
+    """Stage 2 "regression": one CLSR evaluation from what stage 1 makes of the degraded crop
+    (and the measured crop) to the posterior mean of the x4 frame, and the variance of that
+    mean's error.
+
+    Input: the bicubic x4 of the condition (where a diffusion CLSR takes its noisy state) and,
+    as the step, the condition's noise level (`reliability_step`): with little noise the
+    condition's texture is real and worth sharpening, with much it is the denoiser's guess.
+    Outputs: the residual over that bicubic (x target_scale) and its error's log-variance.
+    Losses: each crop's squared error over that of the bicubic (every dose and every crop
+    counts on the log scale PSNR reports, and the start, a zero residual, scores 1), plus the
+    Gaussian negative log-likelihood of the mean's error under the predicted variance, the
+    error taken as it is (no gradient through the mean): the variance then learns the
+    expected squared error at each pixel and the mean is left to the first loss."""
+
+    def inputs(self, model, batch: dict, cond: torch.Tensor):
+        level = Stabiliser(*fitted_noise(batch)).sigma
+        return upsample_condition(cond), model.condition(cond, batch["degraded"]), reliability_step(level)
+
+    def predict(self, model, batch: dict):
+        cond = self.condition(batch)
+        upsampled, model_cond, step = self.inputs(model, batch, cond)
+        with self.trainer.autocast():
+            out = model(upsampled, model_cond, step.to(upsampled.device)).float()
+        target = to_target(batch["clean_hr"], upsampled, self.trainer.config.model.diffusion)
+        return out[:, :1], out[:, 1:].clamp(*LOG_VARIANCE_RANGE), target, upsampled
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        mean, log_variance, target, _ = self.predict(self.trainer.model, batch)
+        squared = (target - mean).square()
+        bicubic_error = target.square().mean(dim=(1, 2, 3), keepdim=True).clamp(min=MEAN_LOSS_FLOOR)
+        likelihood = 0.5 * (squared.detach() * torch.exp(-log_variance) + log_variance)
+        return (squared / bicubic_error).mean() + likelihood.mean()
+
+    @torch.no_grad()
+    def validate(self, model, batch: dict) -> dict:
+        diffusion = self.trainer.config.model.diffusion
+        mean, log_variance, target, upsampled = self.predict(model, batch)
+        clean_hr = batch["clean_hr"].cpu()
+        sr = from_target(mean, upsampled, diffusion).cpu()
+        bicubic = upsampled.cpu()
+        std = (0.5 * log_variance).exp().cpu() / diffusion.target_scale
+        error = (sr - clean_hr).abs()
+        return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
+                "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic),
+                "std_over_rms_error": float(std.square().mean().sqrt() / error.square().mean().sqrt()),
+                "std_error_rank_correlation": rank_correlation(std, error)}
 
 
 def neighbour_pairs(y: torch.Tensor, generator: torch.Generator):

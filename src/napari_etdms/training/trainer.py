@@ -23,7 +23,7 @@ from ..models import build_clsr, build_denoiser
 from ..weights import write_entry
 from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
 from .loop import TrainingLoop, is_lead
-from .recipes import BlindDenoising, ConditionalDiffusion, NoiseAwareDenoising
+from .recipes import BlindDenoising, ConditionalDiffusion, ConditionalRegression, NoiseAwareDenoising
 
 STAGES = ("stage1", "stage2", "finetune")
 
@@ -98,6 +98,10 @@ class TrainConfig(_Strict):
             raise ValueError("stage2.grow_from: only stage 1 and the fine-tune can grow")
         if self.stage1.residual_over != "clean":
             raise ValueError("stage1.residual_over: only the diffusion stages have a residual target")
+        if self.model.stage2 == "regression" and not (self.finetune.grow_from and self.finetune.residual_over ==
+                                                      "condition"):
+            raise ValueError("model.stage2 'regression' learns from stage-1 outputs: set finetune.grow_from (a "
+                             "trained CLSR to start from) and finetune.residual_over 'condition'")
         return self
 
 
@@ -121,6 +125,8 @@ class StageTrainer(TrainingLoop):
     def __init__(self, config: TrainConfig, stage: str, run_dir: Path, device: str = "cpu"):
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}'")
+        if stage == "stage2" and config.model.stage2 == "regression":
+            raise ValueError("a regression stage 2 trains only as the fine-tune on stage-1 outputs (etdms train -s 0)")
         self.config, self.stage, self.label = config, stage, stage
         self.run_dir = Path(run_dir)
         settings: StageConfig = getattr(config, stage)
@@ -158,6 +164,8 @@ class StageTrainer(TrainingLoop):
         )
         if stage == "stage1":
             self.recipe = (NoiseAwareDenoising if config.model.swinir.noise_map else BlindDenoising)(self)
+        elif config.model.stage2 == "regression":
+            self.recipe = ConditionalRegression(self, conditioner)
         else:
             self.recipe = ConditionalDiffusion(self, conditioner)
 
