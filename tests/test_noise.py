@@ -166,6 +166,35 @@ def test_row_correlation(clean):
     assert abs(with_rows.row_correlation) < 0.05
 
 
+def dense_vertical_wires(shape, seed, tilt_degrees=2.0):
+    """Noise-free nanowires: bright lines 1.5-5 px wide, every ~10 px, nearly vertical (dense
+    detail along every scan line, none across rows), slightly blurred, on a dark background."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    frame = np.full(shape, 0.15)
+    for _ in range(shape[1] // 10):
+        centre, width = rng.uniform(0, shape[1]), rng.uniform(1.5, 5)
+        slope = np.tan(np.deg2rad(rng.uniform(-tilt_degrees, tilt_degrees)))
+        distance = np.abs(columns - (centre + slope * rows))
+        frame = np.maximum(frame, rng.uniform(0.5, 1.0) * np.clip(1 - distance / width, 0, 1) ** 0.5)
+    return ndimage.gaussian_filter(frame, 0.7)
+
+
+@pytest.mark.parametrize("electrons", [30, 1000])
+@pytest.mark.parametrize("shape", [(64, 64), (172, 256)])
+def test_dense_vertical_structures_are_not_taken_for_correlated_noise(electrons, shape):
+    """White noise over nanowires along the columns: every scan line crosses their edges, so
+    differences along a row are mostly signal; the correlation is measured without them."""
+    for seed in range(3):
+        clean = dense_vertical_wires(shape, seed)
+        rng = np.random.default_rng(seed + 10)
+        frame = rng.poisson(clean * electrons) / electrons + rng.normal(0, 0.01, shape)
+        model = estimate_noise(frame)
+        assert abs(model.row_correlation) < 0.12
+        truth = np.sqrt(0.5 / electrons + 0.01**2)
+        assert model.std_at(0.5) == pytest.approx(truth, rel=0.25)
+
+
 @pytest.mark.parametrize("row_offset", [0.0, 0.01, 0.03])
 def test_row_offsets(clean, row_offset):
     frame, scale, truth = noisy_frame(clean, 100, 0.02, 1.0, row_offset, "float")

@@ -58,6 +58,17 @@ def test_stage_training_resumes_logs_and_exports(pool, tmp_path):
     assert resolve(entry.folder).recommended == {"sampler": "dpmpp", "steps": 20, "data_consistency": True}
 
 
+def test_a_finished_stage_run_again_leaves_its_checkpoint_alone(pool, tmp_path):
+    """Another run's finished stage 1 may be linked into a run folder as its conditioner."""
+    config = tiny_train_config(pool, iterations=2)
+    run = tmp_path / "run"
+    StageTrainer(config, "stage1", run).train(show_progress=False)
+    checkpoint = run / "stage1" / "checkpoint.pt"
+    before = (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns)
+    assert StageTrainer(config, "stage1", run).train(show_progress=False) == 2
+    assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns) == before
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
     trainer = StageTrainer(tiny_train_config(pool, iterations=1000), "stage2", tmp_path / "run")
     reached = trainer.train(max_minutes=0.02, show_progress=False)

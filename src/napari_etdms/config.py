@@ -105,8 +105,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _regression_predicts_a_residual_with_its_variance(self):
-        if self.stage2 == "regression" and (self.diffusion.target != "residual" or not self.clsr.uncertainty):
-            raise ValueError("stage2 'regression' needs diffusion.target 'residual' and clsr.uncertainty true")
+        if self.stage2 == "regression" and not (self.diffusion.target == "residual" and self.clsr.uncertainty
+                                                and self.swinir.noise_map):
+            raise ValueError("stage2 'regression' needs diffusion.target 'residual', clsr.uncertainty true and a "
+                             "noise-aware stage 1 (swinir.noise_map true: stage 2 is told the frame's noise level)")
         return self
 
 

@@ -129,7 +129,7 @@ class Stabiliser:
 
 # ---- estimation from one frame ------------------------------------------------------------
 
-_SQRT2, _SQRT6 = np.sqrt(2.0), np.sqrt(6.0)
+_SQRT6 = np.sqrt(6.0)
 _MEAN_SIGMA = 2.5  # Gaussian local mean (px): the level a pixel's residual is binned by
 _TEXTURE_SIZE = 7  # window (px) in which the local mean's own variance measures texture
 _KEEP = 0.5  # share of each level bin kept: its smoothest pixels
@@ -225,9 +225,8 @@ def _half_row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndar
 def _row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, float]:
     """Per row, the robust level of `residual` (0 where unknown), and the covariance of the
     left and right half-row levels over the rows. A per-row offset r puts the same value on
-    every pixel of a row of a difference across rows (v2: r[i-1] - 2 r[i] + r[i+1], of
-    variance 6 var(r); v1: r[i+1] - r[i], of variance 2 var(r)); the two halves share it but
-    not their noise, so that covariance is its variance, whatever the noise's own variance or
+    every pixel of a row of v2, the second difference across rows (r[i-1] - 2 r[i] + r[i+1],
+    of variance 6 var(r)); the two halves share it but not their noise, so that covariance is its variance, whatever the noise's own variance or
     correlation along the row."""
     levels, counts = _half_row_levels(residual, invalid)
     both = (counts > 0).all(axis=0)
@@ -241,7 +240,8 @@ def _row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _bin_statistics(z: np.ndarray):
-    """Per level bin: mean level, robust variances of v2, v1 and h1, pixel count; and the
+    """Per level bin: mean level, robust variances of v2, of v2 plus and minus its right-hand
+    neighbour, pixel count; and the
     per-row offset variance and the frame's range (see `estimate_noise`). None for a
     constant frame, or one with too few unclipped pixels."""
     low, high = float(z.min()), float(z.max())
@@ -266,14 +266,13 @@ def _bin_statistics(z: np.ndarray):
     invalid = ndimage.maximum_filter(clipped, _NEAR_CLIPPED, mode="nearest")[1:-1, :-1]
     if np.count_nonzero(~invalid) < 0.1 * invalid.size:
         invalid = clipped_residual
-    v1 = z[2:, :-1] - centre
-    # the row offsets: their variance from v2, then taken out of both differences across rows
-    # (with each row's mean of the signal's curvature or gradient, which is no noise either)
+    # the row offsets: their variance from v2, then taken out of it (with each row's mean of
+    # the signal's curvature, which is no noise either)
     v2_rows, covariance = _row_levels(v2, invalid)
     row_var = max(covariance, 0.0) / 6.0
-    v1_rows, _ = _row_levels(v1, invalid)
     v2 = v2 - v2_rows[:, None]
-    v1 = v1 - v1_rows[:, None]
+    # v2's right-hand neighbour (the last column has none: v2 leaves it out)
+    v2_next = z[:-2, 1:] + z[2:, 1:] - 2.0 * z[1:-1, 1:] - v2_rows[:, None]
 
     smooth = ndimage.gaussian_filter(z, _MEAN_SIGMA, mode="reflect")
     local = ndimage.uniform_filter(smooth, _TEXTURE_SIZE, mode="reflect")
@@ -305,29 +304,28 @@ def _bin_statistics(z: np.ndarray):
     # where clipping is everywhere, the least clipped quarter of the bins (then biased low)
     allowed_share = max(_MAX_CLIPPED, float(np.quantile(clipped_share, 0.25)))
 
-    v2_flat, v1_flat = v2.ravel(), v1.ravel()
-    x, var2, var1, varh, counts = [], [], [], [], []
+    v2_flat, v2_next_flat = v2.ravel(), v2_next.ravel()
+    x, var2, var_sum, var_gap, counts = [], [], [], [], []
     for k, members in enumerate(flat):
         if clipped_share[k] > allowed_share or members.size < _MIN_BIN:
             continue
-        rows, cols = np.divmod(members, centre.shape[1])
-        rows += 1  # into frame coordinates
+        here, right = v2_flat[members] / _SQRT6, v2_next_flat[members] / _SQRT6
         x.append(m[members].mean())
-        var2.append(_robust_var(v2_flat[members] / _SQRT6))
-        var1.append(_robust_var(v1_flat[members] / _SQRT2))
-        varh.append(_robust_var((z[rows, cols + 1] - z[rows, cols]) / _SQRT2))
+        var2.append(_robust_var(here))
+        var_sum.append(_robust_var(here + right))
+        var_gap.append(_robust_var(here - right))
         counts.append(members.size)
-    x, var2, var1, varh, counts = (np.asarray(a, dtype=np.float64) for a in (x, var2, var1, varh, counts))
-    return x, var2, var1, varh, counts, row_var, span
+    x, var2, var_sum, var_gap, counts = (np.asarray(a, dtype=np.float64) for a in (x, var2, var_sum, var_gap,
+                                                                                   counts))
+    return x, var2, var_sum, var_gap, counts, row_var, span
 
 
 def estimate_noise(frame: np.ndarray) -> NoiseModel:
     """Poisson-Gaussian noise model of one 2D SEM frame (any dtype), in the frame's own units.
 
-    Scan lines are rows (axis 1). On every interior pixel, residuals free of the signal (up to
-    its curvature or gradient): v2 = (z[i-1] - 2 z[i] + z[i+1]) / sqrt(6) across rows, and the
-    first differences v1 = (z[i+1] - z[i]) / sqrt(2) across rows and h1 = (z[j+1] - z[j]) /
-    sqrt(2) along them. Rows are close to independent, so var(v2) is the full per-pixel
+    Scan lines are rows (axis 1). On every interior pixel, a residual free of the signal (up to
+    its curvature): v2 = (z[i-1] - 2 z[i] + z[i+1]) / sqrt(6) across rows. Rows are close to
+    independent, so var(v2) is the full per-pixel
     variance whatever the correlation along the rows: gain * y + read variance + s2, with s2
     the variance of a per-row offset r (r[i-1] - 2 r[i] + r[i+1] has variance 6 s2).
 
@@ -335,7 +333,7 @@ def estimate_noise(frame: np.ndarray) -> NoiseModel:
     the same r[i-1] - 2 r[i] + r[i+1] but independent noise, so the covariance of the left and
     right levels over the rows is 6 s2 (`_row_levels`). Its noise floor on a 512 x 512 frame
     (white = 1) is ~0.005 at 3 e-/px, ~0.001 from 100 e-/px. Each row's level is then taken
-    out of v2 and v1 (a row offset is the same on a whole row), so that s2, measured once
+    out of v2 (a row offset is the same on a whole row), so that s2, measured once
     from all rows, does not scatter the bins below; it is added back into `offset`.
 
     `gain`, `offset` (after Foi et al. 2008): pixels are binned by their level y, a Gaussian
@@ -358,13 +356,14 @@ def estimate_noise(frame: np.ndarray) -> NoiseModel:
     result is biased low).
 
     `row_correlation`: rho, the correlation between horizontal neighbours of the noise
-    without the row offsets (measured apart, above). With n2 the per-pixel variance without
-    them, on the kept pixels, rows' levels out: var(v2) = n2, var(v1) = n2 + gy and
-    var(h1) = n2 (1 - rho) + gx, gy and gx what the signal's vertical and horizontal
-    gradients add. Taking gy = gx (the kept pixels are the flattest; v1 rather than v2 so that
-    both carry the same order of signal leak): rho = (var(v1) - var(h1)) / var(v2), over the
-    bins of the fit, in [-1, 1]. With white shot noise and correlated read noise, it is the
-    read noise's correlation times its share of the variance at the frame's typical level.
+    without the row offsets (measured apart, above), from the residual across rows alone:
+    v2 at a pixel and at its right-hand neighbour combine the same rows, so their noise has
+    the noise's own correlation along the row, while the signal's horizontal detail (edges,
+    dense vertical structures such as nanowires) is not in either. With a = v2 here and b =
+    v2 to the right, on the kept pixels, rows' levels out: rho = (var(a + b) - var(a - b)) /
+    (var(a + b) + var(a - b)) (robust variances; the polarisation identity), over the bins of
+    the fit, in [-1, 1]. With white shot noise and correlated read noise, it is the read
+    noise's correlation times its share of the variance at the frame's typical level.
     """
     z = np.asarray(frame)
     if z.ndim != 2:
@@ -377,7 +376,7 @@ def estimate_noise(frame: np.ndarray) -> NoiseModel:
     stats = _bin_statistics(z)
     if stats is None:  # constant, or all clipped (a binary frame)
         return NoiseModel(gain=0.0, offset=0.0)
-    x, var2, var1, varh, counts, row_var, span = stats
+    x, var2, var_sum, var_gap, counts, row_var, span = stats
     row_offset_std = float(np.sqrt(row_var))
     if x.size == 0:
         return NoiseModel(gain=0.0, offset=0.0, row_offset_std=row_offset_std)
@@ -386,11 +385,10 @@ def estimate_noise(frame: np.ndarray) -> NoiseModel:
     offset += row_var
 
     weights = counts * used
-    pixel_var = float(np.average(var2, weights=weights))
     rho = 0.0
-    if pixel_var > floor:
-        drop = float(np.average(var1 - varh, weights=weights))
-        rho = float(np.clip(drop / pixel_var, -1.0, 1.0))
+    total = float(np.average(var_sum + var_gap, weights=weights))
+    if total > 4 * floor:
+        rho = float(np.clip(np.average(var_sum - var_gap, weights=weights) / total, -1.0, 1.0))
     return NoiseModel(gain=gain, offset=offset, row_correlation=rho, row_offset_std=row_offset_std)
 
 

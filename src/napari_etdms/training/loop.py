@@ -294,8 +294,8 @@ class TrainingLoop:
             if self.iteration % self.settings.validate_every == 0 or done:
                 self.log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
         bar.close()
-        self.save()
         if losses:  # stopped between checkpoints (the budget): these steps count too
+            self.save()
             self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
                       "seconds_per_step": (time.monotonic() - started) / len(losses)})
         if dist.is_initialized():

@@ -1,0 +1,163 @@
+"""Stage 2 as one regression per tile (v3): the posterior mean and its error's std."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, sem_like, tiny_train_config
+
+from napari_etdms.config import ConfigError, model_config
+from napari_etdms.diffusion.target import upsample_condition
+from napari_etdms.intensity import IntensityMap
+from napari_etdms.models import build_clsr
+from napari_etdms.models.clsr import RELIABILITY_STEPS, reliability_step
+from napari_etdms.pipeline import SIGNAL_SMOOTHING, Pipeline
+from napari_etdms.training.recipes import rank_correlation
+from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
+from napari_etdms.weights import resolve
+
+REGRESSION = model_config(TINY.model_dump(mode="json") | {
+    "swinir": TINY.swinir.model_dump() | {"noise_map": True},
+    "clsr": TINY.clsr.model_dump() | {"measured_input": True, "uncertainty": True},
+    "diffusion": TINY.diffusion.model_dump() | {"target": "residual", "target_scale": 4.0},
+    "stage2": "regression",
+})
+
+
+def regression_pipeline(variance: float | None = None) -> Pipeline:
+    """A tiny regression pipeline whose CLSR is grown from a diffusion one (mean residual 0) and,
+    with `variance`, predicts that error variance (target units) everywhere."""
+    pipeline = Pipeline.from_config(REGRESSION, device="cpu", precision="float32", seed=0)
+    diffusion_clsr = build_clsr(TINY.model_copy(update={"clsr": TINY.clsr.model_copy(update={"measured_input": True})}))
+    pipeline.clsr.grow_from(diffusion_clsr.state_dict())
+    if variance is not None:
+        with torch.no_grad():
+            pipeline.clsr.log_variance_out.bias.fill_(float(np.log(variance)))
+    return pipeline
+
+
+def test_regression_needs_a_residual_target_an_uncertainty_output_and_a_noise_aware_stage1():
+    for part, change in (("diffusion", {"target": "image", "target_scale": 1.0}), ("clsr", {"uncertainty": False}),
+                         ("swinir", {"noise_map": False})):
+        data = REGRESSION.model_dump(mode="json")
+        data[part] |= change
+        with pytest.raises(ConfigError, match="regression"):
+            model_config(data)
+
+
+def test_reliability_step_is_zero_for_a_clean_condition_and_rises_with_the_noise():
+    levels = torch.tensor([0.0, 0.001, 0.01, 0.05, 0.5, 5.0])
+    steps = reliability_step(levels)
+    assert steps[0] == 0 and (steps.diff() > 0).all() and steps[-1] < RELIABILITY_STEPS
+
+
+def test_a_regression_clsr_grown_from_a_diffusion_one_starts_as_the_bicubic_of_its_condition():
+    pipeline = regression_pipeline()
+    frame = sem_like((40, 48))
+    result = pipeline.run(frame, data_consistency=False, tile=32, overlap=8)
+    mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+    expected = upsample_condition(torch.from_numpy(mapping.forward(result.denoised))[None, None])[0, 0].numpy()
+    assert np.allclose(mapping.forward(result.super_resolved), expected, atol=1e-5)
+    assert np.allclose(result.super_resolved, result.bicubic_denoised, atol=1e-4 * np.ptp(frame))
+
+
+def test_one_network_evaluation_per_tile_whatever_the_samples():
+    pipeline = regression_pipeline()
+    steps = []
+    forward = pipeline.clsr.forward
+    pipeline.clsr.forward = lambda x, cond, t: (steps.append(t), forward(x, cond, t))[1]
+    frame = sem_like((64, 64))
+    plan = pipeline.plan(frame, pipeline_settings(samples=4, tile=32, overlap=8))
+    pipeline.run(frame, samples=4, tile=32, overlap=8)
+    assert len(steps) == len(plan.grid.origins) == 9
+    assert plan.total_batches == len(plan.denoise_grid.origins) + len(plan.grid.origins)
+    assert len({float(t[0]) for t in steps}) == 1  # one reliability for the frame
+
+
+def pipeline_settings(**changes):
+    from napari_etdms.settings import RunSettings
+
+    return RunSettings(**changes)
+
+
+def test_the_reliability_follows_the_frame_s_noise():
+    pipeline = regression_pipeline()
+    told = []
+    forward = pipeline.clsr.forward
+    pipeline.clsr.forward = lambda x, cond, t: (told.append(float(t[0])), forward(x, cond, t))[1]
+    clean = sem_like((64, 64), np.float32, seed=1)
+    from scipy import ndimage
+    clean = ndimage.gaussian_filter(clean, 2)
+    noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape).astype(np.float32)
+    pipeline.run(clean, tile=64, overlap=0)
+    pipeline.run(noisy, tile=64, overlap=0)
+    assert told[0] < told[1]
+
+
+def test_samples_give_the_predicted_std_in_input_units():
+    variance = 0.04  # target units: std 0.2 / target_scale 4 = 0.05 on the [-1, 1] scale
+    pipeline = regression_pipeline(variance)
+    frame = sem_like((32, 40))
+    result = pipeline.run(frame, samples=2, tile=32, overlap=8)
+    mapping = IntensityMap.fit(frame, smoothing=SIGNAL_SMOOTHING)
+    assert result.std.shape == (128, 160)
+    assert np.allclose(result.std, mapping.scale(np.full((1,), 0.05))[0], rtol=1e-4)
+    assert "predicted" in result.metadata["uncertainty"] and result.metadata["stage2"] == "regression"
+    assert pipeline.run(frame, samples=1, tile=32, overlap=8).std is None
+
+
+def test_data_consistency_makes_the_mean_s_block_means_equal_the_denoised_frame():
+    pipeline = regression_pipeline()
+    with torch.no_grad():  # a mean residual that is not block-consistent
+        pipeline.clsr.conv_out.bias.fill_(0.3)
+    frame = sem_like((32, 32))
+    free = pipeline.run(frame, data_consistency=False, tile=32, overlap=0)
+    projected = pipeline.run(frame, data_consistency=True, tile=32, overlap=0)
+    assert free.consistency_psnr < 40 < 100 < projected.consistency_psnr
+
+
+def test_sampler_and_steps_are_refused_with_the_reason():
+    pipeline = regression_pipeline()
+    for settings in ({"sampler": "ddim"}, {"steps": 6}):
+        with pytest.raises(ValueError, match="one network evaluation"):
+            pipeline.run(sem_like((32, 32)), **settings)
+    assert pipeline.run(sem_like((32, 32)), super_resolve=False, steps=6).super_resolved is None
+
+
+def test_rank_correlation_is_spearman_s():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.random(500)
+    b = a + rng.normal(0, 0.3, 500)
+    assert rank_correlation(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(spearmanr(a, b)[0], abs=1e-9)
+
+
+def test_training_a_regression_stage2_logs_calibration_and_exports(pool, tmp_path):
+    base = tiny_train_config(pool, iterations=2)
+    run = tmp_path / "run"
+    stage1 = StageTrainer(TrainConfig.model_validate(base.model_dump() | {"model": REGRESSION.model_dump()} | {
+        "finetune": base.finetune.model_dump() | {"grow_from": str(tmp_path / "clsr.pt"),
+                                                  "residual_over": "condition"}}), "stage1", run)
+    stage1.train(show_progress=False)
+    diffusion = TINY.model_copy(update={"clsr": TINY.clsr.model_copy(update={"measured_input": True})})
+    torch.save(build_clsr(diffusion).state_dict(), tmp_path / "clsr.pt")
+    config = stage1.config
+    with pytest.raises(ValueError, match="fine-tune"):
+        StageTrainer(config, "stage2", run)
+    trainer = StageTrainer(config, "finetune", run)
+    assert trainer.train(show_progress=False) == 2
+    log = [__import__("json").loads(line) for line in (run / "finetune" / "log.jsonl").read_text().splitlines()]
+    validation = [rec["validation"] for rec in log if "validation" in rec][-1]
+    assert validation["std_over_rms_error"] > 0 and -1 <= validation["std_error_rank_correlation"] <= 1
+    assert validation["psnr_bicubic"] > 0
+    entry = export(run, config, tmp_path / "weights")
+    loaded = Pipeline.from_pretrained(entry.folder, device="cpu", precision="float32")
+    assert loaded.one_evaluation
+    assert loaded.run(sem_like((32, 32)), tile=32, overlap=0, samples=2).std is not None
+    assert resolve(entry.folder).config.stage2 == "regression"
+
+
+def test_regression_without_a_grown_start_is_refused(pool):
+    base = tiny_train_config(pool)
+    with pytest.raises(Exception, match="grow_from"):
+        TrainConfig.model_validate(base.model_dump() | {"model": REGRESSION.model_dump()})
