@@ -109,9 +109,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
                         "(default: the weights' preset)")
     g.add_argument("--strength", type=_strength, default=DEFAULTS.strength,
-                   help="denoising strength for noise-aware weights: the noise level the denoiser is told, "
-                   "relative to the level estimated from the frame (1, default: as estimated; 0: no denoising; "
-                   "up to 4: smoother)")
+                   help="denoising strength for noise-aware weights: up to 1, the noise level the denoiser is "
+                   "told, relative to the level estimated from the frame (1, default: as estimated; 0: no "
+                   "denoising); above 1, up to 4: smoother (total-variation smoothing of its output)")
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")

@@ -41,6 +41,8 @@ from .geometry import pyramid_levels, region_geometry, upscaled_geometry
 from .worker import AdaptJob, Job, adapt_job, run_job
 
 LOCAL_FILE = "local weights file..."
+SAMPLES_TIP = "more than 1 adds the mean and a per-pixel uncertainty (std) layer"
+ONE_EVALUATION = "these weights' stage 2 is one evaluation per tile (the posterior mean): no sampler, steps or seed"
 REGIONS = ("whole frame", "current view", "shapes rectangle")
 SLICES = ("current slice", "all slices")
 OUTPUTS = {  # Result field -> layer name suffix
@@ -123,8 +125,8 @@ class ETDMSWidget(QWidget):
         self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
         self.strength = FloatSlider(
             label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=DEFAULTS.strength,
-            tooltip="noise level the denoiser is told, relative to the level estimated from the frame: "
-                    "1 = as estimated, 0 = no denoising, higher = smoother (noise-aware weights only)")
+            tooltip="0 = no denoising, 1 = the noise level estimated from the frame, above 1 = smoother "
+                    "(total-variation smoothing of the output; noise-aware weights only)")
         self.noise_info = Label(value="")
         self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=DEFAULTS.super_resolve)
         self.weights = ComboBox(label="weights", choices=self._weights_choices)
@@ -138,8 +140,7 @@ class ETDMSWidget(QWidget):
         self.sampler = ComboBox(label="sampler", choices=list(SAMPLERS), value="dpmpp")
         self.steps = SpinBox(label="steps", min=1, max=2000, value=20)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
-        self.samples = SpinBox(label="samples", min=1, max=64, value=DEFAULTS.samples,
-                               tooltip="more than 1 adds the mean and a per-pixel uncertainty (std) layer")
+        self.samples = SpinBox(label="samples", min=1, max=64, value=DEFAULTS.samples, tooltip=SAMPLES_TIP)
         self.data_consistency = CheckBox(
             label="data consistency", value=True,
             tooltip="keep the 4x4 block means of the x4 output equal to the (denoised) input frame",
@@ -250,13 +251,23 @@ class ETDMSWidget(QWidget):
         if not name or name == LOCAL_FILE:
             return
         try:
-            preset = resolve(name).recommended
+            entry = resolve(name)
         except WeightsError:
             return
+        preset = entry.recommended
+        self._show_sampling(entry.config.stage2 != "regression")
         if preset.get("sampler") in SAMPLERS:
             self.sampler.value = preset["sampler"]
             self.steps.value = int(preset.get("steps", self.steps.value))
         self.data_consistency.value = bool(preset.get("data_consistency", DEFAULT_PRESET["data_consistency"]))
+
+    def _show_sampling(self, diffusion: bool):
+        """Sampler, steps and seed mean something only for a diffusion stage 2; a regression
+        one is a single evaluation (the posterior mean), whose samples > 1 adds its error std."""
+        for control in (self.sampler, self.steps, self.seed):
+            control.enabled = diffusion
+            control.tooltip = "" if diffusion else ONE_EVALUATION
+        self.samples.tooltip = SAMPLES_TIP if diffusion else "more than 1 adds the predicted error std (uncertainty)"
 
     def _sampler_changed(self, name: str):
         from ..config import DiffusionConfig
@@ -381,8 +392,10 @@ class ETDMSWidget(QWidget):
             show_error("ETDMS: choose at least one stage (denoise or super-resolve)")
             return
         try:  # checked together before any work, as the CLI checks them
+            sampled = self.sampler.enabled  # a diffusion stage 2 (see _show_sampling)
             settings = RunSettings(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
-                                   sampler=self.sampler.value, steps=self.steps.value, seed=self.seed.value,
+                                   sampler=self.sampler.value if sampled else None,
+                                   steps=self.steps.value if sampled else None, seed=self.seed.value,
                                    samples=self.samples.value, data_consistency=self.data_consistency.value,
                                    tile=self.tile.value, overlap=self.overlap.value,
                                    batch_size=self.batch_size.value or None,  # 0: auto
