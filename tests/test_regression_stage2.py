@@ -8,10 +8,10 @@ from conftest import TINY, sem_like, tiny_train_config
 from napari_etdms.config import ConfigError, model_config
 from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.intensity import IntensityMap
+from napari_etdms.metrics import uncertainty_calibration
 from napari_etdms.models import build_clsr
 from napari_etdms.models.clsr import RELIABILITY_STEPS, reliability_step
 from napari_etdms.pipeline import SIGNAL_SMOOTHING, Pipeline
-from napari_etdms.training.recipes import rank_correlation
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
 
@@ -123,13 +123,19 @@ def test_sampler_and_steps_are_refused_with_the_reason():
     assert pipeline.run(sem_like((32, 32)), super_resolve=False, steps=6).super_resolved is None
 
 
-def test_rank_correlation_is_spearman_s():
-    from scipy.stats import spearmanr
-
+def test_uncertainty_calibration_measures_scale_and_ranking_after_matching():
     rng = np.random.default_rng(0)
-    a = rng.random(500)
-    b = a + rng.normal(0, 0.3, 500)
-    assert rank_correlation(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(spearmanr(a, b)[0], abs=1e-9)
+    truth = rng.random((64, 64))
+    std = rng.uniform(0.005, 0.05, truth.shape)  # small beside the signal: matching barely shrinks the estimate
+    estimate = truth + std * rng.standard_normal(truth.shape)
+    lo, hi = np.percentile(truth, (0.1, 99.9))  # matching maps the truth to [0, 1] by these
+    honest = uncertainty_calibration(truth, 3.0 * estimate + 7.0, 3.0 * std)  # units do not matter
+    assert honest["std_over_rms_error"] == pytest.approx(1.0 / (hi - lo), rel=0.05)
+    assert honest["std_error_rank_correlation"] > 0.4
+    overconfident = uncertainty_calibration(truth, estimate, 0.1 * std)
+    assert overconfident["std_over_rms_error"] == pytest.approx(0.1 * honest["std_over_rms_error"], rel=0.01)
+    blind = uncertainty_calibration(truth, estimate, rng.permutation(std.ravel()).reshape(std.shape))
+    assert abs(blind["std_error_rank_correlation"]) < 0.05
 
 
 def test_training_a_regression_stage2_logs_calibration_and_exports(pool, tmp_path):

@@ -31,7 +31,15 @@ from . import baselines as classical
 from .batch import check_output_folder, run_serially
 from .degradation import SCALE, DegradationConfig, degrade
 from .frames import load_ground_truth
-from .metrics import consistency_psnr, frc_resolution, match_to_reference, matched_psnr, matched_ssim, nrmse
+from .metrics import (
+    consistency_psnr,
+    frc_resolution,
+    match_to_reference,
+    matched_psnr,
+    matched_ssim,
+    nrmse,
+    uncertainty_calibration,
+)
 from .settings import DEFAULTS, RunSettings
 
 PIPELINE_METHODS = {
@@ -225,6 +233,7 @@ def evaluate_frame(pipeline, clean_hr: np.ndarray, name: str, seed: int, degrada
             metrics[method] = score(hr, image) | {"consistency_psnr": consistency_psnr(upsampled_from[method], image)}
     if result.std is not None:
         metrics["super_resolved"]["seed_std"] = float(np.mean(result.std) / max(np.ptp(result.super_resolved), 1e-12))
+        metrics["super_resolved"] |= uncertainty_calibration(hr, result.super_resolved, result.std)
     if result.denoised is not None:
         extra["denoise_psnr_lr"] = matched_psnr(clean_lr, result.denoised)
     return FrameReport(name, metrics, extra, result.metadata, source=source_of(name)), images
@@ -279,7 +288,8 @@ def _finite(data):
 
 
 CSV_COLUMNS = {"psnr": "psnr_db", "ssim": "ssim", "nrmse": "nrmse", "frc_px": "frc_resolution_px",
-               "consistency_psnr": "consistency_psnr_db", "seed_std": "seed_std"}
+               "consistency_psnr": "consistency_psnr_db", "seed_std": "seed_std",
+               "std_over_rms_error": "std_over_rms_error", "std_error_rank_correlation": "std_error_rank_correlation"}
 
 
 def write_metrics_csv(path: Path, reports: list[FrameReport], held_out: set[str], kind: str = "") -> None:

@@ -40,15 +40,35 @@ def ssim(reference, estimate, data_range: float = 2.0) -> float:
 # ---- figures for evaluation against a ground truth -----------------------------------------
 
 
-def match_to_reference(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
-    """PSSR-style normalisation: the reference to [0, 1] by its 0.1/99.9 percentiles, then
-    the estimate affinely (least squares) onto it, so global gain/offset do not count."""
+def _matching(reference, estimate) -> tuple[np.ndarray, np.ndarray, float, float]:
     ref, est = _numpy(reference), _numpy(estimate)
     lo, hi = np.percentile(ref, (0.1, 99.9))
     ref = (ref - lo) / max(hi - lo, 1e-12)
     design = np.stack([est.ravel(), np.ones(est.size)], axis=1)
     (gain, offset), *_ = np.linalg.lstsq(design, ref.ravel(), rcond=None)
+    return ref, est, float(gain), float(offset)
+
+
+def match_to_reference(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
+    """PSSR-style normalisation: the reference to [0, 1] by its 0.1/99.9 percentiles, then
+    the estimate affinely (least squares) onto it, so global gain/offset do not count."""
+    ref, est, gain, offset = _matching(reference, estimate)
     return ref, gain * est + offset
+
+
+def uncertainty_calibration(reference, estimate, std) -> dict[str, float]:
+    """How well a per-pixel `std` (in the estimate's units) foretells the estimate's error,
+    both matched to the reference as PSNR matches them: the RMS std over the RMS error (1:
+    right on average, under 1: overconfident) and the Spearman rank correlation of the std
+    with the absolute error per pixel (does it point at the wrong pixels)."""
+    from scipy.stats import spearmanr
+
+    ref, est, gain, offset = _matching(reference, estimate)
+    error = np.abs(gain * est + offset - ref).ravel()
+    scaled = abs(gain) * _numpy(std).ravel()
+    rms_error = float(np.sqrt(np.mean(error**2)))
+    return {"std_over_rms_error": float(np.sqrt(np.mean(scaled**2))) / max(rms_error, 1e-12),
+            "std_error_rank_correlation": float(spearmanr(scaled, error)[0])}
 
 
 def nrmse(reference, estimate) -> float:

@@ -226,8 +226,8 @@ def _row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, 
     """Per row, the robust level of `residual` (0 where unknown), and the covariance of the
     left and right half-row levels over the rows. A per-row offset r puts the same value on
     every pixel of a row of v2, the second difference across rows (r[i-1] - 2 r[i] + r[i+1],
-    of variance 6 var(r)); the two halves share it but not their noise, so that covariance is its variance, whatever the noise's own variance or
-    correlation along the row."""
+    of variance 6 var(r)); the two halves share it but not their noise, so that covariance
+    is its variance, whatever the noise's own variance or correlation along the row."""
     levels, counts = _half_row_levels(residual, invalid)
     both = (counts > 0).all(axis=0)
     covariance = 0.0

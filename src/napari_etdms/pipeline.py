@@ -20,8 +20,16 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bands import (ArrayFactory, BandedChain, DrawStatistics, MemoryArrays, PredictedMean, read_rows, row_bands,
-                    upsample_rows)
+from .bands import (
+    ArrayFactory,
+    BandedChain,
+    DrawStatistics,
+    MemoryArrays,
+    PredictedMean,
+    read_rows,
+    row_bands,
+    upsample_rows,
+)
 from .config import ModelConfig, model_config
 from .denoise import apply_denoiser
 from .diffusion import DEFAULT_PRESET, default_steps, make_sampler

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..denoise import apply_denoiser
 from ..diffusion import make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
-from ..metrics import psnr, ssim
+from ..metrics import psnr, ssim, uncertainty_calibration
 from ..models.clsr import reliability_step
 from ..noise import Stabiliser
 
@@ -163,13 +163,6 @@ MEAN_LOSS_FLOOR = 0.01
 LOG_VARIANCE_RANGE = (-16.0, 8.0)
 
 
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two equally shaped tensors (ties broken by position)."""
-    ranks = [x.flatten().argsort().argsort().double() for x in (a, b)]
-    ranks = [r - r.mean() for r in ranks]
-    return float((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()).clamp(min=1e-12))
-
-
 class ConditionalRegression(ConditionalDiffusion):
     """Stage 2 "regression": one CLSR evaluation from what stage 1 makes of the degraded crop
     (and the measured crop) to the posterior mean of the x4 frame, and the variance of that
@@ -212,11 +205,9 @@ class ConditionalRegression(ConditionalDiffusion):
         sr = from_target(mean, upsampled, diffusion).cpu()
         bicubic = upsampled.cpu()
         std = (0.5 * log_variance).exp().cpu() / diffusion.target_scale
-        error = (sr - clean_hr).abs()
         return {"psnr": psnr(clean_hr, sr), "ssim": ssim(clean_hr, sr),
-                "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic),
-                "std_over_rms_error": float(std.square().mean().sqrt() / error.square().mean().sqrt()),
-                "std_error_rank_correlation": rank_correlation(std, error)}
+                "psnr_bicubic": psnr(clean_hr, bicubic), "ssim_bicubic": ssim(clean_hr, bicubic)
+                } | uncertainty_calibration(clean_hr, sr, std)
 
 
 def neighbour_pairs(y: torch.Tensor, generator: torch.Generator):
