@@ -284,6 +284,9 @@ def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.Pa
     record = {stage: {"iterations": int(checkpoints[stage]["iteration"]),
                       "settings": read_settings_history(run_dir / stage / "settings.jsonl")}
               for stage in trained if stage in behind} | borrowed
-    entry = write_entry(out_dir, name or config.name, config.model, states, config.recommended.model_dump(), card)
+    preset = config.recommended.model_dump()
+    if config.model.stage2 == "regression":  # one evaluation: no sampler or steps to recommend
+        preset = {"data_consistency": preset["data_consistency"]}
+    entry = write_entry(out_dir, name or config.name, config.model, states, preset, card)
     (entry.folder / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return entry
