@@ -98,6 +98,24 @@ def noise_aware_weights(tmp_path):
                        {"sampler": "ddim", "steps": 2})
 
 
+TINY_REGRESSION = ModelConfig.model_validate(TINY.model_dump(mode="json") | {
+    "swinir": TINY.swinir.model_dump() | {"noise_map": True},
+    "clsr": TINY.clsr.model_dump() | {"measured_input": True, "uncertainty": True},
+    "diffusion": TINY.diffusion.model_dump() | {"target": "residual", "target_scale": 4.0},
+    "stage2": "regression",
+})
+
+
+@pytest.fixture
+def regression_weights(tmp_path):
+    """Tiny one-evaluation (regression) weights beside `tiny_weights`' folder."""
+    torch.manual_seed(0)
+    states = {"denoiser": build_denoiser(TINY_REGRESSION).state_dict(),
+              "clsr": build_clsr(TINY_REGRESSION).state_dict()}
+    return write_entry(tmp_path / "tiny-regression", "tiny-regression", TINY_REGRESSION, states,
+                       {"data_consistency": False})
+
+
 def sem_like(shape=(96, 80), dtype=np.uint16, seed=0):
     """Smooth blobs plus noise, scaled to the dtype's range."""
     from scipy import ndimage

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, sem_like, tiny_train_config
+from conftest import TINY, TINY_REGRESSION, sem_like, tiny_train_config
 
 from napari_etdms.config import ConfigError, model_config
 from napari_etdms.diffusion.target import upsample_condition
@@ -15,12 +15,7 @@ from napari_etdms.pipeline import SIGNAL_SMOOTHING, Pipeline
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
 
-REGRESSION = model_config(TINY.model_dump(mode="json") | {
-    "swinir": TINY.swinir.model_dump() | {"noise_map": True},
-    "clsr": TINY.clsr.model_dump() | {"measured_input": True, "uncertainty": True},
-    "diffusion": TINY.diffusion.model_dump() | {"target": "residual", "target_scale": 4.0},
-    "stage2": "regression",
-})
+REGRESSION = TINY_REGRESSION
 
 
 def regression_pipeline(variance: float | None = None) -> Pipeline:

@@ -52,6 +52,22 @@ def test_run_adds_overlaid_outputs_with_provenance(setup, qtbot):
     assert meta["precision_reason"] in widget.device_info.tooltip and meta["threads"] >= 1
 
 
+def test_one_evaluation_weights_hide_the_sampler_and_give_their_predicted_std(regression_weights, setup, qtbot):
+    viewer, widget, layer, original = setup
+    widget.weights.value = "tiny-regression"
+    assert not (widget.sampler.enabled or widget.steps.enabled or widget.seed.enabled)
+    assert widget.data_consistency.value is False  # the weights' preset
+    widget.samples.value = 2
+    run_and_wait(qtbot, widget)
+    assert "done" in widget.status.value, widget.status.value
+    meta = viewer.layers["sem ETDMS x4"].metadata
+    assert meta["stage2"] == "regression" and meta["sampler"] is None and meta["steps"] == 1
+    assert viewer.layers["sem ETDMS x4 std"].data.shape == (160, 192)
+    assert np.array_equal(layer.data, original)
+    widget.weights.value = "tiny-test"
+    assert widget.sampler.enabled and widget.steps.enabled and widget.seed.enabled
+
+
 def test_rerun_replaces_outputs_and_samples_add_uncertainty(setup, qtbot):
     viewer, widget, _, _ = setup
     run_and_wait(qtbot, widget)
