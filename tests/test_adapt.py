@@ -114,6 +114,21 @@ def test_adapt_cli_writes_weights_with_provenance_that_infer_uses(frame_file, no
     assert adapted_from["base"]["hash"] == noise_aware_weights.short_hash and adapted_from["iterations"] == 2
 
 
+def test_adapting_one_evaluation_weights_keeps_their_stage2_and_preset(frame_file, regression_weights, tmp_path):
+    out = tmp_path / "weights" / "my-detector-v3"
+    assert main(["adapt", str(frame_file), "-o", str(out), "-w", str(regression_weights.folder),
+                 "--iterations", "2", "--keep-anyway"]) == EXIT_OK
+    entry = resolve(out)
+    assert entry.config.stage2 == "regression" and entry.recommended == regression_weights.recommended
+    assert entry.files["clsr"]["sha256"] == regression_weights.files["clsr"]["sha256"]
+    results = tmp_path / "results"
+    assert main(["infer", str(frame_file), "-o", str(results), "-w", str(out), "--samples", "2", "--tile", "32",
+                 "--overlap", "8"]) == EXIT_OK
+    provenance = read_provenance(results / "spiky_etdms_x4.tif")["provenance"]
+    assert provenance["stage2"] == "regression" and provenance["weights"]["adapted_from"]["base"]["hash"] == (
+        regression_weights.short_hash)
+
+
 def test_weights_that_are_not_better_are_not_written(frame_file, noise_aware_weights, tmp_path, capsys):
     out = tmp_path / "weights" / "unchanged"
     # no time for a single step: the "adapted" weights are the base, not better on the held-out rows
