@@ -100,14 +100,31 @@ def test_samples_give_the_predicted_std_in_input_units():
     assert pipeline.run(frame, samples=1, tile=32, overlap=8).std is None
 
 
-def test_data_consistency_makes_the_mean_s_block_means_equal_the_denoised_frame():
+def test_data_consistency_is_weighted_by_how_far_the_condition_can_be_trusted():
+    from napari_etdms.bands import CONSISTENCY_LEVEL, consistency_weight
+    from napari_etdms.noise import NoiseModel
+    from napari_etdms.pipeline import condition_level
+
     pipeline = regression_pipeline()
     with torch.no_grad():  # a mean residual that is not block-consistent
         pipeline.clsr.conv_out.bias.fill_(0.3)
     frame = sem_like((32, 32))
-    free = pipeline.run(frame, data_consistency=False, tile=32, overlap=0)
-    projected = pipeline.run(frame, data_consistency=True, tile=32, overlap=0)
-    assert free.consistency_psnr < 40 < 100 < projected.consistency_psnr
+    scale = float(np.ptp(frame))
+    run = lambda noise, consistency: pipeline.run(frame, data_consistency=consistency, noise=noise,  # noqa: E731
+                                                  tile=32, overlap=0)
+    noise_free = NoiseModel(0.0, 0.0)
+    half = NoiseModel(0.0, (CONSISTENCY_LEVEL / 2 * scale) ** 2)  # about CONSISTENCY_LEVEL once stabilised
+    free = run(noise_free, False)
+    full = run(noise_free, True)
+    halfway = run(half, True)
+    assert full.consistency_psnr > 100 > 40 > free.consistency_psnr
+    assert full.metadata["data_consistency_weight"] == pytest.approx(1.0)
+    mapping = halfway.metadata["intensity_map"]
+    weight = consistency_weight(condition_level(half.rescaled(mapping["low"], mapping["high"])))
+    assert 0.1 < weight < 0.9 and halfway.metadata["data_consistency_weight"] == pytest.approx(weight)
+    gap = np.abs(run(half, False).consistency_residual).mean()  # the projection moves block means linearly
+    assert np.abs(halfway.consistency_residual).mean() == pytest.approx((1 - weight) * gap, rel=0.02)
+    assert free.metadata["data_consistency_weight"] is None
 
 
 def test_sampler_and_steps_are_refused_with_the_reason():

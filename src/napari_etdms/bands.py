@@ -232,17 +232,31 @@ class DrawStatistics:
         return (read_rows(self.squares, top, bottom) / (self.count - 1)).clamp_min(0).sqrt()
 
 
+# A one-evaluation stage 2 is projected onto its condition in proportion to how much the
+# condition can be trusted: fully where it is noise-free, half at this noise level (std on
+# the stabilised [-1, 1] scale, about 400 e-/px at white), little where stage 1 had much to
+# remove: there the projection would pin the output to the denoiser's errors, which the
+# regression has learnt to correct (measured in the v3 model card).
+CONSISTENCY_LEVEL = 0.05
+
+
+def consistency_weight(level: float) -> float:
+    return CONSISTENCY_LEVEL**2 / (CONSISTENCY_LEVEL**2 + level**2)
+
+
 class PredictedMean:
     """Stage 2 as one regression (`ModelConfig.stage2 == "regression"`): each tile's posterior
     mean of the x4 frame and the variance of its error, taper-blended in bands into x4 arrays.
     The network takes the bicubic x4 of the condition where a diffusion CLSR takes its noisy
-    state, and `step`, the condition's reliability (`models.clsr.reliability_step`).
+    state, and `step`, the condition's reliability (`models.clsr.reliability_step`); the mean
+    moves by `consistency` (0-1, `consistency_weight`) of the way to its data-consistent
+    projection.
 
     Offers what `DrawStatistics` offers the pipeline: `mean` (image units, padded x4 frame),
     `has_spread` and `std_rows` (the predicted standard deviation of the mean's error)."""
 
     def __init__(self, grid: TileGrid, predict: TilePredictor, condition: torch.Tensor, restored: torch.Tensor,
-                 step: float, diffusion, arrays: ArrayFactory, data_consistency: bool, with_std: bool,
+                 step: float, diffusion, arrays: ArrayFactory, consistency: float, with_std: bool,
                  batch_size: int, tick: Callable[[], None]):
         blender = TileRowBlender(grid, condition, batch_size, tick)
         self.mean = arrays.empty("mean", blender.shape)
@@ -257,7 +271,9 @@ class PredictedMean:
 
         for top, end, x, output in blender.rows(upsampled, mean_and_variance):
             mean = from_target(output[0], x, diffusion)
-            self.mean[top:end] = (consistent_rows(mean, restored, top, end) if data_consistency else mean).numpy()
+            if consistency:
+                mean = mean + consistency * (consistent_rows(mean, restored, top, end) - mean)
+            self.mean[top:end] = mean.numpy()
             if self.std is not None:
                 self.std[top:end] = (output[1].sqrt() / diffusion.target_scale).numpy()
 

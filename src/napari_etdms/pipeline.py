@@ -26,6 +26,7 @@ from .bands import (
     DrawStatistics,
     MemoryArrays,
     PredictedMean,
+    consistency_weight,
     read_rows,
     row_bands,
     upsample_rows,
@@ -61,6 +62,12 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def condition_level(noise: NoiseModel) -> float:
+    """The noise std of a frame on the stabilised [-1, 1] scale, from its noise model on the
+    normalised [0, 1] scale: what stage 1 was told, and how far stage 2 can trust its output."""
+    return float(Stabiliser(noise.gain, noise.offset).sigma)
 
 
 class InputError(ValueError):
@@ -389,6 +396,9 @@ class Pipeline:
             "uncertainty": (("predicted error std of the mean (one evaluation)" if self.one_evaluation else
                              f"std of {settings.samples} draws") if sr and settings.samples > 1 else None),
             "data_consistency": settings.data_consistency if sr else None,
+            "data_consistency_weight": (consistency_weight(condition_level(result.noise.rescaled(mapping.low,
+                                                                                                  mapping.high)))
+                                        if sr and settings.data_consistency and self.one_evaluation else None),
             "tiling": plan.grid.describe() | {"batch_size": settings.batch_size},
             "denoise_tiling": plan.denoise_grid.describe() if dn else None,
             "noise": result.noise.as_dict() | {"units": "input intensity", "model": "var = gain * level + offset",
@@ -475,9 +485,11 @@ class Pipeline:
 
         condition = self.clsr.condition(cond, measured)
         if self.one_evaluation:
-            step = float(reliability_step(Stabiliser(noise.gain, noise.offset).sigma))
-            return PredictedMean(grid, predict_tiles, condition, cond, step, self.config.diffusion, arrays,
-                                 settings.data_consistency, settings.samples > 1, settings.batch_size, tick)
+            level = condition_level(noise)
+            weight = consistency_weight(level) if settings.data_consistency else 0.0
+            return PredictedMean(grid, predict_tiles, condition, cond, float(reliability_step(torch.tensor(level))),
+                                 self.config.diffusion, arrays, weight, settings.samples > 1,
+                                 settings.batch_size, tick)
         sampler = make_sampler(settings.sampler, self.config.diffusion, settings.steps, settings.eta)
         chain = BandedChain(sampler, grid, predict_tiles, condition, cond, self.config.diffusion, arrays,
                             settings.data_consistency, settings.batch_size, tick)
