@@ -8,8 +8,7 @@ import tifffile
 
 from napari_etdms.io import (
     ReadError,
-    detect_painted_databar,
-    detect_zeiss_databar,
+    detect_databar,
     parse_tescan_metadata,
     read_frame,
     read_provenance,
@@ -200,7 +199,7 @@ def test_a_zeiss_bar_under_black_content_is_found():
     content = np.random.default_rng(2).integers(20, 231, size=(200, 256), dtype=np.uint8)
     content[120:] = 0  # the scan's bottom is black right down to the bar's black line
     image = scan_with_zeiss_bar(bar_rows=40, content=content)
-    assert detect_zeiss_databar(image) == 160
+    assert detect_databar(image) == 160
 
 
 def test_zeiss_fallback_to_unnamed_value_and_micrometre_units(tmp_path):
@@ -235,13 +234,13 @@ def test_painted_bar_is_only_looked_for_in_vendor_files(tmp_path):
 
 def test_detect_painted_databar_limits():
     image = scan_with_painted_bar(bar_rows=16)
-    assert detect_painted_databar(image) == 184
-    assert detect_painted_databar(scan_with_painted_bar(bar_rows=4)) is None  # < 3 % of the height
-    assert detect_painted_databar(scan_with_painted_bar(bar_rows=120)) is None  # > 1/3: a dark region
-    assert detect_painted_databar(np.zeros((50, 40), np.uint8)) is None  # uniform frame
-    assert detect_painted_databar(np.zeros((3, 50, 40), np.uint8)) is None  # stacks: never
+    assert detect_databar(image) == 184
+    assert detect_databar(scan_with_painted_bar(bar_rows=4)) is None  # < 3 % of the height
+    assert detect_databar(scan_with_painted_bar(bar_rows=120)) is None  # > 1/3: a dark region
+    assert detect_databar(np.zeros((50, 40), np.uint8)) is None  # uniform frame
+    assert detect_databar(np.zeros((3, 50, 40), np.uint8)) is None  # stacks: never
     rgb = np.repeat(image[..., None], 3, axis=-1)
-    assert detect_painted_databar(rgb) == 184
+    assert detect_databar(rgb) == 184
 
 
 # --- Tescan ------------------------------------------------------------------------------------
