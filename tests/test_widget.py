@@ -265,10 +265,10 @@ def test_image_choice_follows_the_layer_selection_until_the_user_picks(make_napa
 
 
 def test_compare_shows_input_and_outputs_side_by_side_and_returns_to_the_overlay(setup, qtbot):
-    from napari_etdms.plugin.widget import _grid
+    from napari_etdms.plugin.compare import grid_of
 
     viewer, widget, layer, _ = setup
-    grid = _grid(viewer)
+    grid = grid_of(viewer)
     other = viewer.add_image(np.zeros((10, 10)), name="other")
     widget.image.value = layer  # the new layer was selected, and the choice followed it
     assert not widget.compare_button.enabled  # nothing to compare before a run
@@ -312,10 +312,10 @@ def test_compare_shows_input_and_outputs_side_by_side_and_returns_to_the_overlay
 
 
 def test_compare_after_a_region_run_and_a_new_run_returns_to_the_overlay(setup, qtbot):
-    from napari_etdms.plugin.widget import _grid
+    from napari_etdms.plugin.compare import grid_of
 
     viewer, widget, layer, _ = setup
-    grid = _grid(viewer)
+    grid = grid_of(viewer)
     shapes = viewer.add_shapes([[[100 + 5 * 10, 20 + 5 * 12], [100 + 5 * 30, 20 + 5 * 40]]], shape_type="rectangle")
     widget.region.value, widget.shapes.value = "shapes rectangle", shapes
     widget.image.value = layer
@@ -326,6 +326,118 @@ def test_compare_after_a_region_run_and_a_new_run_returns_to_the_overlay(setup, 
     run_and_wait(qtbot, widget)  # a new run leaves the grid first, then adds its outputs
     assert not grid.enabled and widget.compare_button.text == "Compare"
     assert shapes.visible
+
+
+def panel_views(viewer, shown):
+    """The vispy view (with its camera) that draws each of `shown`'s grid panel."""
+    views = []
+    for layer in shown:
+        node = viewer.window._qt_viewer.canvas.layer_to_visual[layer].node
+        while not hasattr(node, "camera"):
+            node = node.parent
+        views.append(node)
+    return views
+
+
+def test_compare_names_each_panel_with_a_scale_bar_frames_the_region_and_overlay_restores_it(setup, qtbot):
+    from napari_etdms.plugin.compare import camera_of, grid_of, scale_bar_of
+
+    viewer, widget, layer, _ = setup
+    viewer.window.show()  # drawn: each panel's view has its real size
+    grid, bar, camera = grid_of(viewer), scale_bar_of(viewer), camera_of(viewer)
+    # a rectangle as napari's "new shapes" button makes it over the image: its scale, translate and units
+    shapes = viewer.add_shapes([[[10, 12], [30, 40]]], shape_type="rectangle", scale=layer.scale,
+                               translate=layer.translate, units=layer.units)
+    widget.region.value, widget.shapes.value = "shapes rectangle", shapes
+    widget.image.value = layer
+    widget.samples.value = 2  # the std map joins the grid, with its colour bar
+    run_and_wait(qtbot, widget)
+    std, x4 = viewer.layers["sem ETDMS x4 std"], viewer.layers["sem ETDMS x4"]
+    bar.font_size = 12  # the user's own settings, to be found again after Compare
+    layer.contrast_limits = (100, 5000)
+    fields = ("visible", "gridded", "font_size", "length")
+
+    def name_overlays():
+        return {lay.name: (lay.name_overlay.visible, lay.name_overlay.font_size) for lay in viewer.layers}
+
+    before = {
+        "bar": {field: getattr(bar, field) for field in fields},
+        "names": name_overlays(),
+        "colorbar": (std.colorbar.visible, std.colorbar.position, tuple(std.colorbar.size)),
+        "camera": (tuple(camera.center), camera.zoom),
+        "limits": tuple(x4.contrast_limits),
+    }
+    widget.compare_button.clicked()
+    qtbot.wait(50)
+    expected = ["sem", "sem denoised", "sem ETDMS x4", "sem bicubic x4", "sem ETDMS x4 std"]
+    shown = [viewer.layers[name] for name in expected]
+    assert [lay.name for lay in viewer.layers if lay.visible] == expected
+    # napari's overlays: each panel's layer name, a scale bar per panel (gridded), the std map's colour bar
+    assert bar.visible and bar.gridded
+    assert all(lay.name_overlay.visible for lay in shown)
+    assert not any(lay.name_overlay.visible for lay in viewer.layers if lay not in shown)
+    assert std.colorbar.visible and not any(lay.colorbar.visible for lay in shown[:-1])
+    canvas, layers = viewer.window._qt_viewer.canvas, list(viewer.layers)
+    panels = [canvas.grid[grid.position(layers.index(lay), layers)] for lay in shown]
+    assert len(set(panels)) == len(expected)
+    for lay, panel in zip(shown, panels):  # each name is drawn in its own layer's panel
+        assert canvas._layer_overlay_to_visual[lay][lay.name_overlay].node.parent is panel
+    bars = canvas._viewer_overlay_to_visual[bar]
+    assert {vis.node.parent for vis in bars} == set(panels)  # one scale bar in every panel
+    panel_width = viewer.canvas.viewbox_size(viewer.layers)[-1]
+
+    def scale_bars_fit():  # a round length in the layers' units (nm), drawn within its panel
+        assert 0.45 * panel_width / 2.5 < bar.length * camera.zoom <= 0.45 * panel_width
+        assert {vis.node.text.text for vis in canvas._viewer_overlay_to_visual[bar]} == {f"{bar.length:g} nm"}
+
+    scale_bars_fit()
+    # framed on the region (rows 10-30, columns 12-40 at 5 nm): every panel, the input's too, shows
+    # the whole region and little more, not the input's whole frame
+    top, left, bottom, right = 100 + 5 * 9.5, 20 + 5 * 11.5, 100 + 5 * 30.5, 20 + 5 * 40.5
+    assert np.allclose(camera.center[-2:], ((top + bottom) / 2, (left + right) / 2))
+    for view in panel_views(viewer, shown):
+        rect = view.camera.rect
+        (x0, x1), (y0, y1) = sorted((rect.left, rect.right)), sorted((rect.bottom, rect.top))
+        assert x0 <= left + 1e-6 and x1 >= right - 1e-6 and y0 <= top + 1e-6 and y1 >= bottom - 1e-6
+        assert min((x1 - x0) / (right - left), (y1 - y0) / (bottom - top)) == pytest.approx(1 / 0.95, rel=1e-3)
+        assert not (x0 <= 17.5 and x1 >= 257.5 and y0 <= 97.5 and y1 >= 297.5)  # the input's extent
+    camera.zoom *= 4  # zooming in: the scale bars shorten to fit again
+    qtbot.wait(50)
+    scale_bars_fit()
+    widget.compare_button.clicked()  # back to the overlay: napari's overlays, camera and contrast as they were
+    qtbot.wait(50)
+    assert not grid.enabled and widget.compare_button.text == "Compare"
+    assert {field: getattr(bar, field) for field in fields} == before["bar"]
+    assert name_overlays() == before["names"]
+    assert (std.colorbar.visible, std.colorbar.position, tuple(std.colorbar.size)) == before["colorbar"]
+    assert np.allclose(camera.center, before["camera"][0]) and camera.zoom == pytest.approx(before["camera"][1])
+    assert tuple(x4.contrast_limits) == before["limits"]
+
+
+def test_the_dock_fits_beside_the_canvas_in_naparis_default_window(make_napari_viewer, tiny_weights, monkeypatch,
+                                                                    tmp_path, qtbot):
+    monkeypatch.setenv("NAPARI_ETDMS_WEIGHTS", str(tiny_weights.folder.parent))
+    monkeypatch.setenv("NAPARI_ETDMS_CONFIG_DIR", str(tmp_path))
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1090, 640)  # napari's default window on a first start
+    viewer.add_image(sem_like((40, 48), np.uint16), name="a frame with the long name a microscope gives it 0001")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-etdms", "ETDMS")
+    width_before = dock.minimumSizeHint().width()
+    widget.weights.value, widget.sampler.value, widget.steps.value = "tiny-test", "ddim", 2
+    run_and_wait(qtbot, widget)
+    assert len(widget.noise_info.value) > 60 and widget.device_info.value.startswith("last run")  # long lines
+    widget.status.value = "error: " + "a long message that says what went wrong and what to do " * 2
+    widget.advanced.value = True  # unfolded: the form is taller than the window
+    qtbot.wait(100)
+    assert dock.minimumSizeHint().width() <= 380 and dock.minimumSizeHint().width() == width_before
+    assert window.width() == 1090 and window.height() <= 640  # the form scrolls; the window keeps its size
+    assert viewer.window._qt_viewer.canvas.native.width() > dock.width()
+    for note in (widget.noise_info, widget.device_info, widget.status):  # wrapped, and shown whole
+        native = note.native
+        assert native.wordWrap() and native.height() >= native.heightForWidth(native.width())
+    assert not widget.advanced.value or not widget.tile.native.isHidden()
+    assert widget.image.native.toolTip() == widget.image.value.name  # an elided name, whole in the tooltip
 
 
 def adapt_and_wait(qtbot, widget, timeout=300_000):

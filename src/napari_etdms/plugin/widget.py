@@ -27,8 +27,8 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QSettings, QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import QSettings, QSize, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .. import __version__
 from ..diffusion import DEFAULT_PRESET, SAMPLERS
@@ -37,6 +37,7 @@ from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 from ..training.adapt import DEFAULT_MINUTES
 from ..training.adapt import SETTINGS as ADAPT_SETTINGS
 from ..weights import DEFAULT_WEIGHTS, available, user_folder
+from .compare import CompareView
 from .geometry import pyramid_levels, region_geometry, upscaled_geometry
 from .worker import AdaptJob, Job, adapt_job, run_job
 
@@ -54,6 +55,11 @@ OUTPUTS = {  # Result field -> layer name suffix
 }
 # Compare: the grid's panels, in this order, after the input
 COMPARED = ("denoised", "super_resolved", "bicubic_input", "std")
+# The dock's width, so that it fits beside the canvas in napari's default window (about
+# 1090 x 640 px): long text wraps or is elided, and the form scrolls rather than forcing the
+# window taller.
+DOCK_WIDTH, DOCK_MAX_WIDTH = 320, 420  # preferred and largest width (px)
+COMBO_MIN_CHARS = 8  # a combo box shows this many characters; longer names are elided
 PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
              "data_consistency", "region", "tile", "overlap", "batch_size", "precision", "adapt_minutes",
              "adapt_steps")
@@ -104,7 +110,7 @@ class ETDMSWidget(QWidget):
         self._image_pinned = False  # the user chose an image: stop following the layer selection
         self._following = False  # the widget, not the user, is setting the image choice
         self._compared: list[str] = []  # the last run's input and output layer names
-        self._overlay_state: dict | None = None  # set while Compare shows the grid
+        self.compare = CompareView(viewer)
         self._action_button = None  # Run or Adapt, while its job runs (it reads "Cancel")
         self._idle_text = ""
         self._timer = QTimer(self)
@@ -150,14 +156,15 @@ class ETDMSWidget(QWidget):
         self.advanced = CheckBox(label="advanced settings", value=False)
         self.tile = SpinBox(label="tile (px)", min=MIN_TILE, max=512, step=4, value=DEFAULTS.tile, visible=False)
         self.overlap = SpinBox(label="overlap (px)", min=0, max=256, value=DEFAULTS.overlap, visible=False)
-        self.batch_size = SpinBox(label="tiles per batch (0: auto)", min=0, max=64, value=0, visible=False,
-                                  tooltip="0: 8 on a CUDA GPU, else 1")
+        self.batch_size = SpinBox(label="tiles per batch", min=0, max=64, value=0, visible=False,
+                                  tooltip="0: automatic (8 on a CUDA GPU, else 1)")
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
                                   value="auto", visible=False)
         self.adapt_minutes = FloatSpinBox(label="adapt budget (min)", min=0.05, max=600, step=0.5,
                                           value=DEFAULT_MINUTES, visible=False)
-        self.adapt_steps = SpinBox(label="adapt steps (at most)", min=1, max=100000,
-                                   value=ADAPT_SETTINGS.iterations, visible=False)
+        self.adapt_steps = SpinBox(label="adapt steps", min=1, max=100000, value=ADAPT_SETTINGS.iterations,
+                                   visible=False, tooltip="the most training steps adapting takes (the budget "
+                                                          "above may end it sooner)")
         self.run_button = PushButton(text="Run")
         self.compare_button = PushButton(
             text="Compare", enabled=False,
@@ -170,7 +177,8 @@ class ETDMSWidget(QWidget):
                     "held-out rows of the image better")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
-        self.form = Container(widgets=[
+        self.form = Container()  # filled once built: magicgui then aligns the labels in one column
+        self.form.extend([
             self.image, self.slices, self.denoise, self.strength, self.noise_info, self.super_resolve, self.weights,
             self.weights_file,
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
@@ -179,9 +187,7 @@ class ETDMSWidget(QWidget):
             self.adapt_minutes, self.adapt_steps,
             self.run_button, self.compare_button, self.adapt_button, self.progress_bar, self.status,
         ])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addStretch(1)
+        self._fit_the_dock()
         self.advanced.changed.connect(self._toggle_advanced)
         self.weights.changed.connect(lambda v: setattr(self.weights_file, "visible", v == LOCAL_FILE))
         self.region.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shapes rectangle"))
@@ -193,6 +199,37 @@ class ETDMSWidget(QWidget):
         self.compare_button.changed.connect(self._toggle_compare)
         self.adapt_button.changed.connect(self._adapt_or_cancel)
         self._image_changed(self.image.value)
+
+    def _fit_the_dock(self):
+        """Keep the dock narrow whatever the text: the notes (noise estimate, device line,
+        status) wrap across the dock's whole width, combo boxes elide long layer and weights
+        names, and the dock asks for DOCK_WIDTH (at most DOCK_MAX_WIDTH), so the canvas keeps
+        most of napari's window."""
+        for note in (self.noise_info, self.device_info, self.status):
+            _wrapped_note(note)
+        for combo in (self.image, self.slices, self.weights, self.device, self.sampler, self.region, self.shapes,
+                      self.precision):
+            native = combo.native
+            if isinstance(native, QComboBox):
+                native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                native.setMinimumContentsLength(COMBO_MIN_CHARS)
+        for combo in (self.image, self.weights):  # the whole name in a tooltip, where elided
+            combo.changed.connect(lambda value, native=combo.native: native.setToolTip(_choice_name(value)))
+            combo.native.setToolTip(_choice_name(combo.value))
+        content = QWidget()
+        inner = QVBoxLayout(content)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addWidget(self.form.native)
+        inner.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(_VerticalScroll(content))
+        self.setMaximumWidth(DOCK_MAX_WIDTH)
+
+    def sizeHint(self) -> QSize:
+        """Napari gives a new dock its size hint: DOCK_WIDTH, or what the form needs if more."""
+        width = min(max(self.minimumSizeHint().width(), DOCK_WIDTH), DOCK_MAX_WIDTH)
+        return QSize(width, super().sizeHint().height())
 
     def _image_choices(self, _widget=None):
         import napari
@@ -380,8 +417,8 @@ class ETDMSWidget(QWidget):
         """Start a run (the Run button). Errors in the settings are shown, nothing starts."""
         from napari.utils.notifications import show_error
 
-        if self._overlay_state is not None:
-            self._show_overlay()  # new outputs land in the overlay, where they are added
+        if self.compare.active:
+            self._return_to_overlay()  # new outputs land in the overlay, where they are added
         try:
             layer, frames, noise_frames, offset, slice_index = self._snapshot()
             weights = self._selected_weights()
@@ -416,8 +453,8 @@ class ETDMSWidget(QWidget):
         button): its whole frame, or every slice of a stack with "all slices"."""
         from napari.utils.notifications import show_error
 
-        if self._overlay_state is not None:
-            self._show_overlay()
+        if self.compare.active:
+            self._return_to_overlay()
         try:
             layer = self._chosen_image()
             base = self._selected_weights()
@@ -593,54 +630,63 @@ class ETDMSWidget(QWidget):
 
     # ---- compare --------------------------------------------------------------------------
     def _toggle_compare(self, _=None):
-        if self._overlay_state is None:
-            self._show_compare()
-        else:
-            self._show_overlay()
-
-    def _show_compare(self):
-        """The input and the last run's outputs in napari's grid, in COMPARED order. The grid
-        is one canvas with one camera: zoom and pan move every panel together."""
         from napari.utils.notifications import show_info
 
-        layers, grid = self.viewer.layers, _grid(self.viewer)
-        names = [name for name in self._compared if name in layers]
-        if len(names) < 2:
+        if self.compare.active:
+            self._return_to_overlay()
+        elif self.compare.show(self._compared):
+            self.compare_button.text = "Overlay"
+        else:
             show_info("ETDMS: run first; Compare shows the input beside the outputs of the last run")
-            return
-        self._overlay_state = {"order": [layer.name for layer in layers],
-                               "visible": {layer.name: layer.visible for layer in layers},
-                               "grid": (grid.enabled, grid.stride, grid.shape)}
-        for name in names:  # the grid places visible layers by list index: move ours to the end, in order
-            layers.move(layers.index(name), len(layers))
-        limits = tuple(layers[names[0]].contrast_limits)
-        for layer in layers:
-            layer.visible = layer.name in names
-            if layer.name in names[1:] and layer.metadata.get("output") != "std":
-                layer.contrast_limits = limits
-        grid.stride, grid.shape, grid.enabled = 1, (-1, -1), True
-        self.viewer.reset_view()
-        self.compare_button.text = "Overlay"
 
-    def _show_overlay(self):
-        """Back from Compare: the grid, the layer order and the visibility as they were."""
-        state, self._overlay_state = self._overlay_state, None
-        layers, grid = self.viewer.layers, _grid(self.viewer)
-        grid.enabled, grid.stride, grid.shape = state["grid"]
-        order = [name for name in state["order"] if name in layers]
-        order += [layer.name for layer in layers if layer.name not in order]  # added while comparing: on top
-        for name in order:
-            layers.move(layers.index(name), len(layers))
-        for layer in layers:
-            layer.visible = state["visible"].get(layer.name, layer.visible)
-        self.viewer.reset_view()
+    def _return_to_overlay(self):
+        self.compare.restore()
         self.compare_button.text = "Compare"
 
 
-def _grid(viewer):
-    """The viewer's grid settings (napari >= 0.9 keeps them on the canvas)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None else viewer.grid
+class _VerticalScroll(QScrollArea):
+    """The form scrolls vertically when napari's window is shorter than the form (so the dock
+    never forces the window taller), never horizontally: it is as wide as the form needs."""
+
+    def __init__(self, content: QWidget):
+        super().__init__()
+        self.setWidget(content)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width + 2 * self.frameWidth(), hint.height())
+
+    def sizeHint(self) -> QSize:
+        hint = self.widget().sizeHint()
+        return QSize(self.minimumSizeHint().width(), hint.height() + 2 * self.frameWidth())
+
+
+def _choice_name(value) -> str:
+    """A combo box choice as text: a layer's name, a weights name, or nothing."""
+    return "" if value is None else str(getattr(value, "name", value))
+
+
+def _wrapped_note(label: Label) -> None:
+    """A read-only line of the form that wraps instead of widening the dock, across the dock's
+    whole width: its row's label column (empty for a note) is hidden."""
+    native = label.native
+    if not isinstance(native, QLabel):
+        return
+    native.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)  # magicgui's is Fixed
+    policy.setHeightForWidth(True)  # taller as it wraps
+    native.setSizePolicy(policy)
+    native.setTextInteractionFlags(native.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse)
+    row = native.parentWidget()
+    if row is None:
+        return
+    for child in row.findChildren(QLabel, options=Qt.FindChildOption.FindDirectChildrenOnly):
+        if child is not native and not child.text():
+            child.hide()
 
 
 def _is_output(layer) -> bool:
