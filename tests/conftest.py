@@ -79,11 +79,16 @@ def oracle_pipeline(request):
     return Pipeline(config, build_denoiser(config), OracleCLSR(config), device="cpu", precision="float32")
 
 
+def random_weights(folder, name: str, config: ModelConfig, preset: dict):
+    """A weights folder of randomly initialised (seeded) networks of `config`."""
+    torch.manual_seed(0)
+    states = {"denoiser": build_denoiser(config).state_dict(), "clsr": build_clsr(config).state_dict()}
+    return write_entry(folder, name, config, states, preset)
+
+
 @pytest.fixture
 def tiny_weights(tmp_path):
-    torch.manual_seed(0)
-    states = {"denoiser": build_denoiser(TINY).state_dict(), "clsr": build_clsr(TINY).state_dict()}
-    return write_entry(tmp_path / "tiny-weights", "tiny-test", TINY, states, {"sampler": "ddim", "steps": 4})
+    return random_weights(tmp_path / "tiny-weights", "tiny-test", TINY, {"sampler": "ddim", "steps": 4})
 
 
 TINY_NOISE_AWARE = TINY.model_copy(update={"swinir": TINY.swinir.model_copy(update={"noise_map": True})})
@@ -91,11 +96,8 @@ TINY_NOISE_AWARE = TINY.model_copy(update={"swinir": TINY.swinir.model_copy(upda
 
 @pytest.fixture
 def noise_aware_weights(tmp_path):
-    torch.manual_seed(0)
-    states = {"denoiser": build_denoiser(TINY_NOISE_AWARE).state_dict(),
-              "clsr": build_clsr(TINY_NOISE_AWARE).state_dict()}
-    return write_entry(tmp_path / "tiny-noise-aware", "tiny-noise-aware", TINY_NOISE_AWARE, states,
-                       {"sampler": "ddim", "steps": 2})
+    return random_weights(tmp_path / "tiny-noise-aware", "tiny-noise-aware", TINY_NOISE_AWARE,
+                          {"sampler": "ddim", "steps": 2})
 
 
 TINY_REGRESSION = ModelConfig.model_validate(TINY.model_dump(mode="json") | {
@@ -109,11 +111,8 @@ TINY_REGRESSION = ModelConfig.model_validate(TINY.model_dump(mode="json") | {
 @pytest.fixture
 def regression_weights(tmp_path):
     """Tiny one-evaluation (regression) weights beside `tiny_weights`' folder."""
-    torch.manual_seed(0)
-    states = {"denoiser": build_denoiser(TINY_REGRESSION).state_dict(),
-              "clsr": build_clsr(TINY_REGRESSION).state_dict()}
-    return write_entry(tmp_path / "tiny-regression", "tiny-regression", TINY_REGRESSION, states,
-                       {"data_consistency": False})
+    return random_weights(tmp_path / "tiny-regression", "tiny-regression", TINY_REGRESSION,
+                          {"data_consistency": False})
 
 
 def sem_like(shape=(96, 80), dtype=np.uint16, seed=0):

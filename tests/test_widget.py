@@ -288,22 +288,14 @@ def test_compare_shows_input_and_outputs_side_by_side_and_returns_to_the_overlay
         assert tuple(viewer.layers[name].contrast_limits) == (100, 5000)
     assert not other.visible and not viewer.layers["sem denoised bicubic x4"].visible
     # linked views: napari's one camera drives every panel's view (zoom and pan together)
-    def panel_views():
-        views = []
-        for shown_layer in shown:
-            node = viewer.window._qt_viewer.canvas.layer_to_visual[shown_layer].node
-            while not hasattr(node, "camera"):
-                node = node.parent
-            views.append(node)
-        return views
 
     camera = viewer.camera if not hasattr(viewer, "scene") else viewer.scene.camera
-    before = tuple(np.round(panel_views()[0].camera.rect.size, 3))
+    before = tuple(np.round(panel_views(viewer, shown)[0].camera.rect.size, 3))
     camera.zoom *= 2.5
     camera.center = (0.0, 80.0, 60.0)[-len(camera.center):]
     qtbot.wait(50)
-    rects = {tuple(np.round(view.camera.rect.size, 3)) for view in panel_views()}
-    assert len(panel_views()) == len(expected) and len(rects) == 1 and rects != {before}
+    rects = {tuple(np.round(view.camera.rect.size, 3)) for view in panel_views(viewer, shown)}
+    assert len(panel_views(viewer, shown)) == len(expected) and len(rects) == 1 and rects != {before}
     assert widget.compare_button.text == "Overlay"
     widget.compare_button.clicked()
     assert not grid.enabled and [lay.name for lay in viewer.layers] == order
