@@ -214,6 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
                     help="refuse frames whose file header declares more pixels, before decoding")
 
+    ex = sub.add_parser(
+        "export",
+        help="write the denoiser (stage 1) of weights as a bioimage.io model (Fiji/deepImageJ, QuPath, Python)",
+        description="Write stage 1 of WEIGHTS (shipped, or adapted by etdms adapt) as a bioimage.io model zip "
+        "(spec 0.5: TorchScript and state dict, test image, cover, documentation) that bioimage.io consumers run "
+        "without napari-etdms (napari-etdms[bioimageio]). The model has ONE fixed noise model (var = GAIN * y + "
+        "OFFSET, y: the frame scaled by its 0.1 and 99.9 percentiles to [0, 1]): give it, or a typical frame to "
+        "estimate it from; adapted weights default to the noise of the frames they were adapted on.",
+    )
+    ex.add_argument("weights", metavar="WEIGHTS", help="registry name (e.g. etdms-sem-v2) or weights folder")
+    ex.add_argument("-o", "--output", required=True, type=Path, help="the model package to write, NAME.zip")
+    noise_source = ex.add_mutually_exclusive_group()
+    noise_source.add_argument("--noise", metavar="GAIN,OFFSET",
+                              help="the noise model on the model's [0, 1] input scale, e.g. 0.002,0.0005")
+    noise_source.add_argument("--from-frame", type=Path, metavar="FRAME",
+                              help="a typical frame (TIFF/PNG) of your detector: its noise is estimated and baked in; "
+                              "its centre is the package's test image")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing NAME.zip")
+
     ev = sub.add_parser(
         "eval",
         help="degrade clean frames with a fixed seed, restore them, report metrics and figures",
@@ -517,6 +536,20 @@ def cmd_adapt(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from .bioimageio import export_model
+
+    result = export_model(args.weights, args.output, noise=args.noise, from_frame=args.from_frame,
+                          overwrite=args.overwrite)
+    noise = result.noise.model
+    told = f"noise gain {noise.gain:.6g}, offset {noise.offset:.6g} ({result.noise.source})" if noise else \
+        "a blind denoiser (no noise model)"
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB): stage 1 of '{result.weights['name']}' "
+          f"({result.weights['hash']}), {told}")
+    print(f"check it with: bioimageio test {result.path}")
+    return EXIT_OK
+
+
 def cmd_eval(args) -> int:
     from .batch import OutputFolderError, check_output_folder
     from .evaluation import DEGRADATION_KINDS, parse_doses, run_evaluation, split_held_out_sources
@@ -607,7 +640,7 @@ def cmd_degrade(args) -> int:
 
 
 COMMANDS = {"infer": cmd_infer, "adapt": cmd_adapt, "demo": cmd_demo, "info": cmd_info, "train": cmd_train,
-            "eval": cmd_eval, "degrade": cmd_degrade}
+            "eval": cmd_eval, "degrade": cmd_degrade, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,766 @@
+"""Stage 1 as a bioimage.io model (`etdms export`): a zip that any bioimage.io consumer
+(bioimageio.core, deepImageJ in Fiji, QuPath) runs knowing only the spec (0.5).
+
+What is inside the exported model (`FixedNoiseDenoiser`, TorchScript, and the same as a
+state dict with its architecture source, `etdms_denoiser.py`, which needs torch alone):
+
+- input: one (batch, channel=1, y, x) float32 frame already mapped by the spec's own
+  preprocessing, `scale_range` over (y, x) with percentiles 0.1 and 99.9: 0 = the frame's
+  0.1th percentile, 1 = its 99.9th;
+- the generalised Anscombe transform with ONE fixed Poisson-Gaussian noise model
+  (var = gain * y + offset on that [0, 1] scale), baked into the model, mapped to [-1, 1]
+  as `noise.Stabiliser` does; the network is told that transform's noise level;
+- the noise-aware SwinIR (x + level * correction), the inverse transform;
+- output: the denoised frame on the same [0, 1] scale (no postprocessing: multiply by
+  (p99.9 - p0.1) and add p0.1 of the input for its units).
+
+This is `Pipeline.run(frame, super_resolve=False, noise=...)` with two differences, both
+documented in the package: the noise model is fixed instead of estimated per frame, and the
+intensity range is the raw frame's percentiles (what `scale_range` can express) instead of
+the pipeline's percentiles of the Gaussian-smoothed frame (`intensity.SIGNAL_SMOOTHING`).
+Blind (v1) denoisers are exported without the transform and need no noise model.
+
+Noise for the shipped weights: `--noise GAIN,OFFSET` (on the [0, 1] input scale) or
+`--from-frame FRAME` (its noise estimated by `noise.frame_noise`, rescaled to that frame's
+input scale). Weights adapted by `etdms adapt` default to the median noise of their
+adaptation frames, read back from the files `adaptation.json` records (checked by sha256).
+
+`bioimageio.spec` (and `bioimageio.core` to test the package) are the optional extra
+`napari-etdms[bioimageio]`; this module imports them only when exporting.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import textwrap
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional  # noqa: UP035 (the typing TorchScript and older torch read)
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .intensity import HIGH_PERCENTILE, LOW_PERCENTILE
+from .noise import NoiseModel, frame_noise
+from .weights import ADAPTATION_RECORD, MANIFEST, WeightsEntry, load_state, resolve, sha256_of
+
+ARCHITECTURE_FILE = "etdms_denoiser.py"
+STATE_FILE = "denoiser_state_dict.pt"
+TORCHSCRIPT_FILE = "denoiser_torchscript.pt"
+# The context stage 1 sees around each tile in the pipeline (pipeline.DENOISE_CONTEXT):
+# declared as the output's halo, so tiling consumers overlap tiles by it and crop it.
+HALO = 16
+MIN_SIZE, SIZE_STEP = 64, 8  # valid input sizes 64 + 8 n: tiles on the network's window grid
+TEST_SIDE = 256  # the test image: the centre crop of the example frame, at most this size
+SCALE_RANGE_EPS = 1e-6  # scale_range's default eps: out = (x - p_low) / (p_high - p_low + eps)
+
+# The spec's citations need a DOI or URL; the ETDMS paper (submitted) has neither yet, so it is
+# cited in the documentation, the description's text and config.etdms.
+ETDMS_CITATION = ("Xuecheng Zhang, Zixin Li, Bin Zhang. ETDMS: Efficient Two-stage Diffusion Model for SEM Image "
+                  "Super-Resolution. Submitted to Ultramicroscopy, 2025.")
+CITATIONS = (  # (text, DOI): no URL, so validating the description looks nothing up online
+    ("Jingyun Liang, Jiezhang Cao, Guolei Sun, Kai Zhang, Luc Van Gool, Radu Timofte. SwinIR: Image Restoration "
+     "Using Swin Transformer. IEEE/CVF ICCV Workshops, 2021 (the stage-1 network).", "10.1109/ICCVW54120.2021.00210"),
+    ("Alessandro Foi, Mejdi Trimeche, Vladimir Katkovnik, Karen Egiazarian. Practical Poissonian-Gaussian noise "
+     "modeling and fitting for single-image raw-data. IEEE Transactions on Image Processing 17(10), 2008 (the noise "
+     "model and its estimation).", "10.1109/TIP.2008.2001399"),
+)
+
+
+class ExportError(ValueError):
+    """The weights cannot be exported as asked; the message says why and what to do."""
+
+
+# ---- the exported network: standalone (torch only), TorchScript-able ----------------------
+# The same computation and parameter names as models.swinir.SwinIRDenoiser (its state dict
+# loads as it is), written so that torch.jit.script compiles it for any frame size: the shift
+# mask is computed per call instead of cached per size. `etdms_denoiser.py` in the package is
+# the source of the functions and classes below (`architecture_source`).
+
+
+def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nW, window*window, C)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def _merge(windows: torch.Tensor, window: int, b: int, h: int, w: int) -> torch.Tensor:
+    c = windows.shape[-1]
+    x = windows.view(b, h // window, w // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def _relative_position_index(window: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive mask (n_windows, N, N) that stops attention across the cyclic-shift seam: the
+    regions [0, -window), [-window, -shift), [-shift, end) of each axis, labelled 3 * row + column."""
+    rows = torch.arange(height, device=device)
+    columns = torch.arange(width, device=device)
+    row_label = (rows >= height - window).long() + (rows >= height - shift).long()
+    column_label = (columns >= width - window).long() + (columns >= width - shift).long()
+    region = (row_label[:, None] * 3 + column_label[None, :]).to(torch.float32)
+    windows = _partition(region[None, :, :, None], window).squeeze(-1)  # (nW, N)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, float("-inf"))
+
+
+def _encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
+    """log10(sigma) mapped so that 1e-4 -> 0 and 1 -> 1 (models.swinir.encode_noise_level)."""
+    return (torch.log10(sigma.clamp(min=1e-4)) + 4.0) / 4.0
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, window: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer("rel_index", _relative_position_index(window).flatten(), persistent=False)
+
+    def forward(self, x: torch.Tensor, batch: int, mask: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        bw, n, c = x.shape
+        n_windows = bw // batch
+        qkv = self.qkv(x).view(batch, n_windows, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nW, heads, N, d)
+        bias = self.bias_table[self.rel_index].view(n, n, self.heads).permute(2, 0, 1)
+        if mask is not None:
+            bias = bias[None] + mask[:, None]  # (nW, heads, N, N), broadcast over batch
+        # scaled_dot_product_attention written out: the same up to float rounding, and runnable by
+        # the older libtorch builds of Java consumers (deepImageJ, QuPath's DJL) as well
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (float(c // self.heads) ** -0.5) + bias.to(q.dtype)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float):
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        b, h, w, _ = x.shape
+        y = self.norm1(x)
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            y = self.attn(_partition(y, self.window), b, mask)
+        else:
+            y = self.attn(_partition(y, self.window), b, None)
+        y = _merge(y, self.window, b, h, w)
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class ResidualSwinGroup(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio) for i in range(depth)]
+        )
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        y = x
+        for block in self.blocks:
+            y = block(y, mask)
+        y = self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + y
+
+
+class SwinIR(nn.Module):
+    """1-channel SwinIR denoiser on [-1, 1]: x + level * correction (noise-aware), x + correction (blind)."""
+
+    def __init__(self, embed_dim: int, depths: List[int], num_heads: List[int], window_size: int = 8,  # noqa: UP006
+                 mlp_ratio: float = 2.0, noise_map: bool = True):
+        super().__init__()
+        self.window = window_size
+        self.noise_map = noise_map
+        self.conv_first = nn.Conv2d(2 if noise_map else 1, embed_dim, 3, padding=1)
+        self.embed_norm = nn.LayerNorm(embed_dim)
+        self.groups = nn.ModuleList(
+            [ResidualSwinGroup(embed_dim, d, h, window_size, mlp_ratio) for d, h in zip(depths, num_heads)]
+        )
+        self.body_norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
+        self.conv_last = nn.Conv2d(embed_dim, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        """`noise_level`: (B, 1, 1, 1), the noise std of `x` (ignored by a blind network)."""
+        h, w = x.shape[-2], x.shape[-1]
+        pad_h, pad_w = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
+        image = x
+        level = noise_level.to(x.dtype).expand_as(x)
+        if self.noise_map:
+            x = torch.cat([x, _encode_noise_level(level)], dim=1)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
+        feat = self.conv_first(x)
+        mask = _shift_mask(h + pad_h, w + pad_w, self.window, self.window // 2, x.device)
+        tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
+        for group in self.groups:
+            tokens = group(tokens, mask)
+        body = self.body_norm(tokens).permute(0, 3, 1, 2)
+        res = self.conv_after_body(body) + feat
+        correction = self.conv_last(res)[:, :, :h, :w]
+        if self.noise_map:
+            return image + level * correction
+        return image + correction
+
+
+class FixedNoiseDenoiser(nn.Module):
+    """ETDMS stage 1 for one fixed noise model: (B, 1, H, W) float32 on the [0, 1] scale of the
+    frame's 0.1 / 99.9 percentiles -> the denoised frame on the same scale.
+
+    Noise-aware: the generalised Anscombe transform with var = gain * y + offset (y on that
+    scale), c = 3/8 gain^2 + offset, f(y) - f(0) = 2 y / (sqrt(gain y + c) + sqrt(c)), mapped so
+    that y = 0 -> -1 and y = 1 -> +1; the network is told the noise std there, 2 / (f(1) - f(0));
+    then the exact algebraic inverse. Computed in float64 (the network in float32). Blind
+    (`noise_aware` False): the network on 2 y - 1, mapped back."""
+
+    def __init__(self, embed_dim: int, depths: List[int], num_heads: List[int], window_size: int = 8,  # noqa: UP006
+                 mlp_ratio: float = 2.0, noise_aware: bool = True, gain: float = 0.0, offset: float = 0.0):
+        super().__init__()
+        self.net = SwinIR(embed_dim, depths, num_heads, window_size, mlp_ratio, noise_aware)
+        self.noise_aware = noise_aware
+        self.gain = max(float(gain), 0.0)
+        self.c = max(0.375 * self.gain**2 + float(offset), 1e-12)
+        self.sqrt_c = math.sqrt(self.c)
+        self.span = 2.0 / (math.sqrt(self.gain + self.c) + self.sqrt_c)  # f(1) - f(0)
+        self.sigma = 2.0 / self.span
+        self.lowest = -self.c / self.gain if self.gain > 0 else -math.inf  # where gain y + c reaches 0
+        self.inverse_floor = -2.0 * self.sqrt_c / self.gain if self.gain > 0 else -math.inf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = torch.full((x.shape[0], 1, 1, 1), self.sigma, dtype=torch.float32, device=x.device)
+        if not self.noise_aware:
+            return ((self.net(x * 2.0 - 1.0, level) + 1.0) * 0.5).to(torch.float32)
+        y = x.double()
+        if self.gain > 0:
+            y = torch.clamp(y, min=self.lowest)
+        delta = 2.0 * y / (torch.sqrt(torch.clamp(self.gain * y + self.c, min=0.0)) + self.sqrt_c)
+        stabilised = (delta / self.span * 2.0 - 1.0).to(torch.float32)
+        out = self.net(stabilised, level)
+        d = (out.double() + 1.0) * 0.5 * self.span
+        if self.gain > 0:
+            d = torch.clamp(d, min=self.inverse_floor)
+        return (self.sqrt_c * d + 0.25 * self.gain * d * d).to(torch.float32)
+
+
+_STANDALONE = (_partition, _merge, _relative_position_index, _shift_mask, _encode_noise_level, WindowAttention,
+               SwinBlock, ResidualSwinGroup, SwinIR, FixedNoiseDenoiser)
+
+
+def architecture_source() -> str:
+    """`etdms_denoiser.py`: the exported network's source, needing torch alone."""
+    import inspect
+
+    header = textwrap.dedent(f'''\
+        """ETDMS stage 1 (noise-aware SwinIR) for one fixed noise model, as exported by napari-etdms
+        {__version__} (`etdms export`). Standalone: needs torch alone. Callable: FixedNoiseDenoiser."""
+
+        import math
+        from typing import List, Optional
+
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+        ''')
+    return header + "".join("\n\n" + inspect.getsource(item) for item in _STANDALONE)
+
+
+def architecture_kwargs(entry: WeightsEntry, noise: NoiseModel | None) -> dict:
+    size = entry.config.swinir
+    kwargs = {"embed_dim": size.embed_dim, "depths": list(size.depths), "num_heads": list(size.num_heads),
+              "window_size": size.window_size, "mlp_ratio": float(size.mlp_ratio), "noise_aware": bool(size.noise_map)}
+    if size.noise_map:
+        if noise is None:
+            raise ExportError(f"the denoiser of '{entry.name}' is noise-aware: it needs a noise model")
+        kwargs |= {"gain": float(noise.gain), "offset": float(noise.offset)}
+    return kwargs
+
+
+def build_exported(entry: WeightsEntry, noise: NoiseModel | None) -> FixedNoiseDenoiser:
+    """The wrapper with the weights' denoiser loaded (eval mode, float32, CPU)."""
+    if "denoiser" not in entry.files:
+        raise ExportError(f"weights '{entry.name}' have no denoiser (stage 1) to export")
+    model = FixedNoiseDenoiser(**architecture_kwargs(entry, noise))
+    model.net.load_state_dict(load_state(entry, "denoiser"))
+    return model.eval()
+
+
+# ---- the noise model the export bakes in ----------------------------------------------------
+
+
+def input_range(frame: np.ndarray) -> tuple[float, float]:
+    """The frame's 0.1 and 99.9 percentiles: what the spec's `scale_range` maps to 0 and 1."""
+    low, high = np.percentile(np.asarray(frame, dtype=np.float32), (LOW_PERCENTILE, HIGH_PERCENTILE))
+    return float(low), float(high)
+
+
+def to_input_scale(frame: np.ndarray) -> np.ndarray:
+    """The frame as the exported model takes it (the spec's scale_range, as bioimageio.core applies it)."""
+    low, high = input_range(frame)
+    return ((np.asarray(frame, dtype=np.float32) - low) / (high - low + SCALE_RANGE_EPS)).astype(np.float32)
+
+
+def noise_on_input_scale(frame: np.ndarray) -> NoiseModel:
+    """The frame's noise (`noise.frame_noise`), on the [0, 1] scale the exported model sees it on."""
+    low, high = input_range(frame)
+    if not high > low:
+        raise ExportError("the frame's 0.1 and 99.9 percentiles coincide: its noise cannot be put on the model's "
+                          "input scale; choose a frame with detail")
+    return frame_noise(frame)[0].rescaled(low, high)
+
+
+def frame_units(noise: NoiseModel, frame: np.ndarray) -> NoiseModel:
+    """A noise model on `frame`'s [0, 1] input scale, back in the frame's own units (the
+    inverse of `NoiseModel.rescaled` with the frame's percentiles): what `Pipeline.run` takes."""
+    low, high = input_range(frame)
+    span = high - low
+    gain = noise.gain * span
+    return NoiseModel(gain=gain, offset=noise.offset * span**2 - gain * low)
+
+
+def parse_noise(text: str) -> NoiseModel:
+    """'GAIN,OFFSET' on the model's [0, 1] input scale."""
+    try:
+        gain, offset = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ExportError(f"--noise takes GAIN,OFFSET (two numbers, e.g. 0.01,0.0001), got '{text}'") from None
+    return checked_noise(NoiseModel(gain=gain, offset=offset))
+
+
+def checked_noise(noise: NoiseModel) -> NoiseModel:
+    if not (math.isfinite(noise.gain) and math.isfinite(noise.offset)):
+        raise ExportError(f"the noise model must be finite, got gain {noise.gain}, offset {noise.offset}")
+    if noise.gain < 0:
+        raise ExportError(f"the noise gain must be >= 0, got {noise.gain}")
+    if noise.std_at(0.5) <= 0:
+        raise ExportError(f"gain {noise.gain}, offset {noise.offset} give no noise at mid-grey (variance "
+                          "gain * 0.5 + offset <= 0); give a positive variance")
+    return NoiseModel(gain=float(noise.gain), offset=float(noise.offset))
+
+
+def read_first_frame(path: str | os.PathLike) -> np.ndarray:
+    """The frame of an image file (the first slice of a stack), checked as a run checks it."""
+    from .io import read_frame
+    from .pipeline import prepare_frame
+
+    data = read_frame(path).data
+    if data.ndim == 3 and data.shape[-1] not in (3, 4):
+        data = data[0]
+    return prepare_frame(data)
+
+
+def _adaptation_frames(entry: WeightsEntry) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """The frames `etdms adapt` was given, read back from the files adaptation.json records
+    (each checked against its sha256), and why the others could not be used."""
+    from .io import read_frame
+    from .pipeline import prepare_frame
+
+    record_path = entry.folder / ADAPTATION_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return [], [f"{record_path} is unreadable ({err})"]
+    frames, missing = [], []
+    sources = record.get("sources") or []
+    for source in sources:
+        file = source.get("file") if isinstance(source, dict) else None
+        if not file:
+            missing.append(f"{json.dumps(source)} (not a file)")
+            continue
+        path = Path(file)
+        if not path.is_file():
+            missing.append(f"{file} (not found)")
+            continue
+        if source.get("sha256") and sha256_of(path) != source["sha256"]:
+            missing.append(f"{file} (changed since: its sha256 differs)")
+            continue
+        data = read_frame(path).data
+        slices = list(data) if data.ndim == 3 and data.shape[-1] not in (3, 4) else [data]
+        frames.extend((f"{path.name}[{i}]" if len(slices) > 1 else path.name, prepare_frame(s))
+                      for i, s in enumerate(slices))
+    if not sources:
+        missing.append("no source files recorded")
+    return frames, missing
+
+
+@dataclass(frozen=True)
+class ExportNoise:
+    """The noise model baked into the export (None for a blind denoiser), where it came from,
+    and a frame to make the test image of (None: the bundled sample)."""
+
+    model: NoiseModel | None
+    source: str
+    frame: np.ndarray | None = None
+    frame_name: str | None = None
+
+
+def choose_noise(entry: WeightsEntry, noise: NoiseModel | str | None = None,
+                 from_frame: str | os.PathLike | None = None) -> ExportNoise:
+    """`noise` (GAIN,OFFSET on the input scale) or the noise of `from_frame`; for adapted
+    weights given neither, the median noise of their adaptation frames."""
+    if noise is not None and from_frame is not None:
+        raise ExportError("give --noise or --from-frame, not both")
+    example = read_first_frame(from_frame) if from_frame is not None else None
+    name = Path(from_frame).name if from_frame is not None else None
+    if not entry.config.swinir.noise_map:
+        if noise is not None:
+            raise ExportError(f"the denoiser of '{entry.name}' is blind (it takes no noise level): export it "
+                              "without --noise")
+        return ExportNoise(None, "none: a blind denoiser", example, name)
+    if noise is not None:
+        model = parse_noise(noise) if isinstance(noise, str) else checked_noise(noise)
+        return ExportNoise(model, "given (--noise)", example, name)
+    if example is not None:
+        return ExportNoise(checked_noise(noise_on_input_scale(example)), f"estimated from {name}", example, name)
+    adapted = entry.folder / ADAPTATION_RECORD
+    if adapted.is_file():
+        frames, missing = _adaptation_frames(entry)
+        if frames:
+            models = [noise_on_input_scale(frame) for _, frame in frames]
+            model = NoiseModel(gain=float(np.median([m.gain for m in models])),
+                               offset=float(np.median([m.offset for m in models])))
+            names = ", ".join(n for n, _ in frames)
+            return ExportNoise(checked_noise(model), f"estimated from the adaptation frames ({names}; median "
+                               f"of {len(frames)})", frames[0][1], frames[0][0])
+        raise ExportError(
+            f"the frames '{entry.name}' was adapted on cannot be read back to estimate the detector's noise "
+            f"({'; '.join(missing)}): give --from-frame FRAME (a frame from that detector) or --noise GAIN,OFFSET")
+    raise ExportError(
+        f"the denoiser of '{entry.name}' is noise-aware and an exported model has one fixed noise model: give "
+        "--from-frame FRAME (a typical frame of your detector: its noise is estimated) or --noise GAIN,OFFSET "
+        "(var = GAIN * y + OFFSET, y on the model's [0, 1] input scale: the frame's 0.1 and 99.9 percentiles)")
+
+
+# ---- the package ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    noise: ExportNoise
+    size_bytes: int
+    weights: dict  # provenance of the exported weights
+
+
+def centre_crop(frame: np.ndarray, side: int = TEST_SIDE) -> np.ndarray:
+    """The centre crop of `frame`, at most `side` px, on a valid input size (64 + 8 n)."""
+    height, width = frame.shape
+    crop_h, crop_w = (min(side, s) for s in (height, width))
+    crop_h, crop_w = (MIN_SIZE + (s - MIN_SIZE) // SIZE_STEP * SIZE_STEP for s in (crop_h, crop_w))
+    if min(height, width) < MIN_SIZE:
+        raise ExportError(f"the example frame is {height}x{width} px; the test image needs at least {MIN_SIZE} px")
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return frame[top : top + crop_h, left : left + crop_w]
+
+
+def _cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) -> None:
+    """input | output, both on the input's [0, 1] scale (clipped), 2:1."""
+    from PIL import Image
+
+    side_by_side = np.concatenate([test_input, test_output], axis=1)
+    Image.fromarray((np.clip(side_by_side, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def _describe_noise(noise: ExportNoise) -> str:
+    if noise.model is None:
+        return "none (a blind denoiser: it estimates the noise itself)"
+    return (f"var = {noise.model.gain:.6g} * y + {noise.model.offset:.6g} on the [0, 1] input scale "
+            f"({noise.model.describe(0.0, 1.0)}); {noise.source}")
+
+
+def _documentation(entry: WeightsEntry, noise: ExportNoise, name: str, package: str, test_image: str) -> str:
+    provenance = entry.provenance()
+    adapted = provenance.get("adapted_from")
+    origin = (f"adapted by `etdms adapt` from '{adapted['base']['name']}' ({adapted['base']['hash']}), "
+              f"{adapted['iterations']} steps" if isinstance(adapted, dict) else "as shipped with napari-etdms")
+    gain = noise.model.gain if noise.model else 0.0
+    offset = noise.model.offset if noise.model else 0.0
+    noise_section = textwrap.dedent(f"""\
+        The noise model is **fixed** in this export: variance = gain * y + offset, with y on the model's [0, 1]
+        input scale, **gain = {gain:.6g}, offset = {offset:.6g}** ({noise.model.describe(0.0, 1.0)}).
+        Source: {noise.source}. A frame whose noise differs (another dose, dwell time, detector or contrast
+        setting) is denoised as if it had this noise: too little if it is noisier, too much (detail lost) if
+        it is cleaner. Export one model per imaging condition (`etdms export WEIGHTS --from-frame FRAME`), or
+        use napari-etdms itself (`etdms infer --no-sr`), which estimates the noise of every frame.
+        """) if noise.model else "This denoiser is blind: it takes no noise model.\n"
+    return textwrap.dedent(f"""\
+        # {name}
+
+        Stage 1 (denoising) of ETDMS for scanning electron microscope (SEM) frames, exported by napari-etdms
+        {__version__} (`etdms export`) from the weights **{entry.name}** (hash {entry.short_hash}), {origin}.
+        A {'noise-aware ' if entry.config.swinir.noise_map else ''}SwinIR (embed {entry.config.swinir.embed_dim},
+        depths {list(entry.config.swinir.depths)}, window {entry.config.swinir.window_size}) removes the noise of
+        one greyscale 2D frame and nothing else: no super-resolution (stage 2 of ETDMS is not in this model).
+
+        ## What the model computes
+
+        1. Preprocessing (declared in the description, applied by the consumer): `scale_range` over (y, x)
+           with percentiles 0.1 and 99.9: y = (x - p0.1) / (p99.9 - p0.1), per frame.
+        2. Inside the model (TorchScript `{TORCHSCRIPT_FILE}`; the same as `{STATE_FILE}` with the architecture
+           `{ARCHITECTURE_FILE}`, torch only): the generalised Anscombe transform of the fixed Poisson-Gaussian
+           noise model below, mapped to [-1, 1]; the network, told that transform's noise level; the exact
+           inverse transform.
+        3. Output: the denoised frame **on the same [0, 1] scale** (there is no postprocessing). Multiply by
+           (p99.9 - p0.1) and add p0.1 of the input to get the input's units back.
+
+        ## Noise model
+
+        {textwrap.indent(noise_section, '        ').strip()}
+
+        ## Use
+
+        - **Fiji / deepImageJ** (deepImageJ 3, which reads spec 0.5, with its PyTorch engine): install the
+          model with *Plugins > DeepImageJ > DeepImageJ Install Model* from this local zip file, open a frame
+          (8-, 16- or 32-bit, one channel) and run *Plugins > DeepImageJ > DeepImageJ Run* with it. deepImageJ
+          applies the declared scale_range; the result is a 32-bit image on the [0, 1] scale above (set its
+          display range to 0-1). Large frames are tiled: take tiles (patches) of 256 px or more; they overlap by
+          the declared halo ({HALO} px per side), which is cropped.
+        - **QuPath** (0.5 or later): its bioimage.io extension turns models into pixel classifiers, which an
+          image-to-image model is not. Run the TorchScript file `{TORCHSCRIPT_FILE}` from a script through the
+          Deep Java Library extension (PyTorch engine) on a region or tiles of it: input (1, 1, y, x) float32
+          scaled as in step 1, output as in step 3; add the result as an image (channel) of its own.
+        - **Python** (`pip install bioimageio.core torch`):
+
+          ```python
+          import numpy as np
+          from bioimageio.core import Sample, Tensor, create_prediction_pipeline, load_model_description
+          model = load_model_description("{package}")
+          frame = np.asarray(image, dtype=np.float32)[None, None]   # (batch, channel, y, x)
+          tensor = Tensor(frame, dims=("batch", "channel", "y", "x"))
+          sample = Sample(members={{"input": tensor}}, stat={{}}, id="frame")
+          with create_prediction_pipeline(model) as pipeline:
+              pipeline.apply_preprocessing(sample)                    # the frame's own percentiles
+              out = pipeline.predict_sample_without_blocking(sample, skip_preprocessing=True)  # halo: reflect, cropped
+          denoised = out.members["output"].data.values[0, 0]        # on the [0, 1] scale
+          ```
+
+          `bioimageio.core.predict(model=..., inputs=..., blocksize_parameter=n)` tiles large frames (blocks of
+          64 + 8 n px, halo included, at most the frame's size) and takes the percentiles of the whole frame;
+          without blocks, `predict` pads the halo before it takes them, which shifts them slightly.
+        - **napari-etdms** itself: `etdms infer FRAME --no-sr -w {entry.name}` with the noise estimated per
+          frame, and the x4 super-resolution of stage 2.
+
+        ## Limits
+
+        - SEM frames (secondary or backscattered electrons), greyscale, 2D: what the weights were trained on
+          (the shipped ones on SEM frames with simulated noise, see `MODEL_CARD.md` when attached); other
+          modalities are out of scope.
+        - One fixed noise model (above). Noise correlated along the scan line and line offsets are not in the
+          transform; weights adapted to a detector (`etdms adapt`) have learnt those of their frames.
+        - Intensity range: the raw frame's percentiles (what the spec can express). napari-etdms takes the
+          percentiles of the frame smoothed by a Gaussian of 2 px, which noise stretches less: on a noisy frame
+          the range here is wider (by about 1.5 noise standard deviations at each end), the network sees less
+          contrast than it was trained on, and the result differs from `etdms infer --no-sr` (it is the same
+          computation when both ranges agree). Measured by napari-etdms on 128 px crops of its sample frame with
+          simulated noise from 10 to 1000 electrons per pixel: 0.4 to 1.2 dB (PSNR) below `etdms infer --no-sr`.
+        - The model denoises; it adds no detail. Compare with the input before interpreting fine structure.
+
+        ## Validation
+
+        - Test image: {test_image} (`test_input.npy`, `test_output.npy`; `sample_input.tif` and
+          `sample_output.tif` hold the same for viewing, `cover.png` shows input | output). bioimageio.core's
+          `test_model` reproduces it with both weight formats.
+        - Against napari-etdms: on a frame that stage 1 runs as one tile, this model's output is
+          `Pipeline.run(frame, super_resolve=False, noise=<this noise model in the frame's units>)` to within
+          float rounding, once the pipeline takes the same intensity range (napari-etdms'
+          `tests/test_bioimageio.py`).
+        - Denoising quality of the weights: measured by napari-etdms on held-out frames (`MODEL_CARD.md` when
+          attached; for adapted weights, the held-out pair losses in `adaptation.json`).
+
+        ## Provenance
+
+        ```json
+        {textwrap.indent(json.dumps(provenance, indent=2), '        ').strip()}
+        ```
+
+        ## Licence and citation
+
+        MIT (the weights and this code). Please cite ETDMS: {ETDMS_CITATION}
+        and SwinIR and the Poisson-Gaussian noise model (the description's `cite` entries).
+        """)
+
+
+def export_model(weights: str | os.PathLike | None, output: str | os.PathLike, noise: NoiseModel | str | None = None,
+                 from_frame: str | os.PathLike | None = None, overwrite: bool = False) -> ExportResult:
+    """Write stage 1 of `weights` (registry name or folder) as a bioimage.io model zip at `output`."""
+    output = Path(output)
+    if output.suffix.lower() != ".zip":
+        raise ExportError(f"{output}: a bioimage.io model package is a .zip file; name it e.g. {output.name}.zip")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists: choose another name, or pass --overwrite")
+    try:
+        from bioimageio.spec import ValidationContext, save_bioimageio_package
+        from bioimageio.spec.model import v0_5
+    except ImportError:
+        raise ExportError("exporting needs bioimageio.spec: pip install 'napari-etdms[bioimageio]'") from None
+
+    entry = resolve(weights)
+    chosen = choose_noise(entry, noise, from_frame)
+    model = build_exported(entry, chosen.model)
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it is what Java consumers run
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        scripted = torch.jit.script(model)
+    if chosen.frame is not None:
+        example, example_name = chosen.frame, chosen.frame_name
+    else:
+        from .samples import sample_path
+
+        example, example_name = read_first_frame(sample_path("superalloy")), "the bundled sample 'superalloy'"
+    crop = centre_crop(example).astype(np.float32)
+    with torch.no_grad():
+        test_output = scripted(torch.from_numpy(to_input_scale(crop))[None, None]).numpy()
+
+    name = f"ETDMS SEM denoiser {entry.name}"[:128]
+    name = "".join(ch if ch.isalnum() or ch in "_+- ()" else "-" for ch in name)
+    with tempfile.TemporaryDirectory(prefix="etdms-export-") as tmp:
+        tmp = Path(tmp)
+        (tmp / ARCHITECTURE_FILE).write_text(architecture_source())
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
+        (tmp / STATE_FILE).write_bytes(buffer.getvalue())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            torch.jit.save(scripted, str(tmp / TORCHSCRIPT_FILE))
+        np.save(tmp / "test_input.npy", crop[None, None])
+        np.save(tmp / "test_output.npy", test_output.astype(np.float32))
+        tifffile.imwrite(tmp / "sample_input.tif", crop)
+        tifffile.imwrite(tmp / "sample_output.tif", test_output[0, 0].astype(np.float32))
+        _cover(to_input_scale(crop), test_output[0, 0], tmp / "cover.png")
+        test_image = f"the centre {crop.shape[0]}x{crop.shape[1]} px of {example_name}"
+        (tmp / "README.md").write_text(_documentation(entry, chosen, name, output.name, test_image))
+        attachments = []
+        for extra in (MANIFEST, entry.card, ADAPTATION_RECORD):
+            if extra and (entry.folder / extra).is_file():
+                attachments.append(v0_5.FileDescr(source=entry.folder / extra))
+
+        size = entry.config.swinir
+        kwargs = architecture_kwargs(entry, chosen.model)
+        torch_version = v0_5.Version(torch.__version__.split("+")[0])
+        y_in, x_in = v0_5.AxisId("y"), v0_5.AxisId("x")
+        input_id, output_id = v0_5.TensorId("input"), v0_5.TensorId("output")
+        noise_text = _describe_noise(chosen)
+        inputs = [v0_5.InputTensorDescr(
+            id=input_id,
+            description="one greyscale SEM frame, any intensity units (cast to float32, then scaled by its own "
+                        "0.1 and 99.9 percentiles)",
+            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("sem")]),
+                  v0_5.SpaceInputAxis(id=y_in, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP)),
+                  v0_5.SpaceInputAxis(id=x_in, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP))],
+            test_tensor=v0_5.FileDescr(source=tmp / "test_input.npy"),
+            sample_tensor=v0_5.FileDescr(source=tmp / "sample_input.tif"),
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+            pad=v0_5.ReflectPadding(mode="reflect"),  # explicit: spec 0.5.12 drops an unset mode (read: constant 0)
+            preprocessing=[
+                v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+                v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
+                    axes=[y_in, x_in], min_percentile=LOW_PERCENTILE, max_percentile=HIGH_PERCENTILE,
+                    eps=SCALE_RANGE_EPS)),
+            ],
+        )]
+        outputs = [v0_5.OutputTensorDescr(
+            id=output_id,
+            description="the denoised frame on the input's [0, 1] scale (0: its 0.1th percentile, 1: its 99.9th)",
+            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("denoised")]),
+                  v0_5.SpaceOutputAxisWithHalo(id=y_in, halo=HALO, size=v0_5.SizeReference(
+                      tensor_id=input_id, axis_id=y_in)),
+                  v0_5.SpaceOutputAxisWithHalo(id=x_in, halo=HALO, size=v0_5.SizeReference(
+                      tensor_id=input_id, axis_id=x_in))],
+            test_tensor=v0_5.FileDescr(source=tmp / "test_output.npy"),
+            sample_tensor=v0_5.FileDescr(source=tmp / "sample_output.tif"),
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+        )]
+        state_weights = v0_5.PytorchStateDictWeightsDescr(
+            source=tmp / STATE_FILE,
+            architecture=v0_5.ArchitectureFromFileDescr(source=tmp / ARCHITECTURE_FILE,
+                                                        callable=v0_5.Identifier("FixedNoiseDenoiser"),
+                                                        kwargs=kwargs),
+            pytorch_version=torch_version,
+            comment=f"{entry.name} stage 1 in its fixed-noise wrapper; noise: {noise_text}",
+        )
+        torchscript_weights = v0_5.TorchscriptWeightsDescr(
+            source=tmp / TORCHSCRIPT_FILE, pytorch_version=torch_version, parent="pytorch_state_dict",
+            comment="torch.jit.script of FixedNoiseDenoiser (etdms_denoiser.py)")
+        provenance = entry.provenance()
+        etdms_config = {
+            "weights": provenance,
+            "noise_model": {"gain": chosen.model.gain, "offset": chosen.model.offset,
+                            "variance": "gain * y + offset", "scale": "y: the model's [0, 1] input scale "
+                            "(scale_range, percentiles 0.1 and 99.9)", "source": chosen.source,
+                            "level": model.sigma} if chosen.model else None,
+            "test_image": test_image,
+            "exported_by": f"napari-etdms {__version__}",
+            "citation": ETDMS_CITATION,
+        }
+        with ValidationContext(perform_io_checks=True):
+            description = v0_5.ModelDescr(
+                name=name,
+                description=(f"Denoising (stage 1 of ETDMS, noise-aware SwinIR) of greyscale SEM frames, from the "
+                             f"napari-etdms weights {entry.name} ({entry.short_hash}). Fixed noise model: "
+                             f"{noise_text}. Output on the input's 0.1-99.9 percentile [0, 1] scale.")[:1024],
+                covers=[v0_5.FileDescr(source=tmp / "cover.png")],
+                documentation=v0_5.FileDescr(source=tmp / "README.md"),
+                authors=[v0_5.Author(name="napari-etdms developers")],
+                cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
+                license=v0_5.LicenseId("MIT"),
+                tags=["denoising", "image-restoration", "electron-microscopy", "scanning-electron-microscopy",
+                      "sem", "2d", "pytorch", "torchscript", "deepimagej", "fiji", "imagej", "qupath", "swinir",
+                      "transformer", "materials-science", "napari-etdms"],
+                attachments=attachments,
+                timestamp=v0_5.Datetime(datetime.now(timezone.utc)),
+                inputs=inputs,
+                outputs=outputs,
+                weights=v0_5.WeightsDescr(pytorch_state_dict=state_weights, torchscript=torchscript_weights),
+                config=v0_5.Config(
+                    bioimageio=v0_5.BioimageioConfig(
+                        architecture_type="SwinIR",
+                        architecture_description=(f"noise-aware SwinIR, embed {size.embed_dim}, depths "
+                                                  f"{list(size.depths)}, heads {list(size.num_heads)}, window "
+                                                  f"{size.window_size}, in a fixed-noise Anscombe wrapper"),
+                        modality="scanning electron microscopy", task="denoising",
+                        model_parameter_count=sum(p.numel() for p in model.parameters()),
+                    ),
+                    etdms=etdms_config,
+                ),
+            )
+            output.parent.mkdir(parents=True, exist_ok=True)
+            partial = output.with_name(f".{output.stem}.partial.zip")  # the package appears complete, or not at all
+            try:
+                with warnings.catch_warnings():  # spec 0.5.12 warns while it validates every package it writes
+                    warnings.filterwarnings("ignore", message="Found mapping with 'source'", category=UserWarning)
+                    save_bioimageio_package(description, output_path=partial)
+                os.replace(partial, output)
+            finally:
+                partial.unlink(missing_ok=True)
+    return ExportResult(output, chosen, output.stat().st_size, provenance)
+
+
+__all__ = ["ExportError", "ExportNoise", "ExportResult", "FixedNoiseDenoiser", "architecture_source", "choose_noise",
+           "export_model", "frame_units", "noise_on_input_scale", "to_input_scale"]
