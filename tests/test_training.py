@@ -69,6 +69,17 @@ def test_a_finished_stage_run_again_leaves_its_checkpoint_alone(pool, tmp_path):
     assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns) == before
 
 
+def test_a_diverged_loss_stops_training_and_keeps_the_last_checkpoint(pool, tmp_path):
+    trainer = StageTrainer(tiny_train_config(pool, iterations=5), "stage1", tmp_path / "run")
+    assert trainer.train(max_minutes=None, show_progress=False) == 5
+    saved = trainer.checkpoint_path.read_bytes()
+    diverging = StageTrainer(tiny_train_config(pool, iterations=8), "stage1", tmp_path / "run")
+    diverging.loss = lambda batch: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(FloatingPointError, match="iteration 6"):
+        diverging.train(show_progress=False)
+    assert diverging.checkpoint_path.read_bytes() == saved
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
     trainer = StageTrainer(tiny_train_config(pool, iterations=1000), "stage2", tmp_path / "run")
     reached = trainer.train(max_minutes=0.02, show_progress=False)

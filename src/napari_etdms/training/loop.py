@@ -275,6 +275,11 @@ class TrainingLoop:
                 raise Cancelled("training cancelled")
             self._apply_learning_rate()
             loss = self.loss(next(loader))
+            if not torch.isfinite(loss):  # diverged: stop before a step or a checkpoint can take it in
+                bar.close()
+                raise FloatingPointError(
+                    f"{self.label}: the loss is {loss.item()} at iteration {self.iteration + 1}; the last "
+                    "checkpoint is kept: lower the learning rate in the config and rerun to resume")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
