@@ -234,10 +234,11 @@ class DrawStatistics:
 
 # A one-evaluation stage 2 is projected onto its condition in proportion to how much the
 # condition can be trusted: fully where it is noise-free, half at this noise level (std on
-# the stabilised [-1, 1] scale, about 400 e-/px at white), little where stage 1 had much to
+# the stabilised [-1, 1] scale, about 100 e-/px at white), little where stage 1 had much to
 # remove: there the projection would pin the output to the denoiser's errors, which the
-# regression has learnt to correct (measured in the v3 model card).
-CONSISTENCY_LEVEL = 0.05
+# regression has learnt to correct. Chosen among 0.05, 0.1, 0.2 and a full projection on 8
+# validation frames, plain and full degradation (the v3 model card).
+CONSISTENCY_LEVEL = 0.1
 
 
 def consistency_weight(level: float) -> float:

@@ -20,7 +20,7 @@ import torch
 from .config import ConfigError, ModelConfig, model_config
 from .io import write_file_atomically
 
-DEFAULT_WEIGHTS = "etdms-sem-v2"
+DEFAULT_WEIGHTS = "etdms-sem-v3"
 MANIFEST = "weights.json"
 ADAPTATION_RECORD = "adaptation.json"  # beside the manifest of weights adapted by `etdms adapt`
 PARTS = ("denoiser", "clsr")
