@@ -23,14 +23,13 @@ import torch.nn.functional as F
 
 from .diffusion.samplers import Sampler
 from .diffusion.target import from_target, to_target, upsample_condition
-from .models.clsr import SCALE
+from .models.clsr import LOG_VARIANCE_RANGE, SCALE
 from .tiling import TileGrid, taper
 
 NOISE_BLOCK = 256  # x4 px
 BAND_ROWS = 256  # x4 rows per band in the passes that are not tied to the tile grid (a multiple of SCALE)
 # bicubic reads two low-res rows either side of the one an output row falls in
 BICUBIC_REACH = 2
-LOG_VARIANCE_MAX = 8.0  # a predicted error variance above e^8 (target units) means nothing more
 
 TilePredictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x tiles, condition tiles, t)
 
@@ -265,7 +264,7 @@ class PredictedMean:
 
         def mean_and_variance(x_tiles, c_tiles):
             out = predict(x_tiles, c_tiles, step).float()
-            return torch.cat([out[:, :1], out[:, 1:].clamp(max=LOG_VARIANCE_MAX).exp()], dim=1)
+            return torch.cat([out[:, :1], out[:, 1:].clamp(max=LOG_VARIANCE_RANGE[1]).exp()], dim=1)
 
         def upsampled(top, bottom):
             return upsample_rows(restored, top, bottom)[0, 0]

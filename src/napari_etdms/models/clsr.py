@@ -87,6 +87,9 @@ class CrossAttention(nn.Module):
 # The step input of a regression CLSR is the condition's noise level: 0 for a noise-free
 # frame, rising towards the last diffusion step as the level grows past RELIABILITY_SCALE.
 RELIABILITY_SCALE = 0.05
+# The log-variance output is read within this range (target units): beyond e^8 a variance
+# means nothing more, and below e^-16 the likelihood's exp(-log variance) only overflows.
+LOG_VARIANCE_RANGE = (-16.0, 8.0)
 RELIABILITY_STEPS = 2000
 
 

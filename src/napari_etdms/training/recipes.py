@@ -19,7 +19,7 @@ from ..denoise import apply_denoiser
 from ..diffusion import make_sampler
 from ..diffusion.target import from_target, to_target, upsample_condition
 from ..metrics import psnr, ssim, uncertainty_calibration
-from ..models.clsr import reliability_step
+from ..models.clsr import LOG_VARIANCE_RANGE, reliability_step
 from ..noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
@@ -160,7 +160,6 @@ class ConditionalDiffusion:
 
 # a crop's loss is its squared error over its bicubic's (scaled residual units), at least this
 MEAN_LOSS_FLOOR = 0.01
-LOG_VARIANCE_RANGE = (-16.0, 8.0)
 
 
 class ConditionalRegression(ConditionalDiffusion):
