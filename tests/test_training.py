@@ -80,6 +80,25 @@ def test_a_diverged_loss_stops_training_and_keeps_the_last_checkpoint(pool, tmp_
     assert diverging.checkpoint_path.read_bytes() == saved
 
 
+def test_gradient_clip_bounds_every_step(pool, tmp_path):
+    config = tiny_train_config(pool, iterations=3)
+    config = config.model_copy(update={"stage1": config.stage1.model_copy(update={"gradient_clip": 1e-3})})
+    trainer = StageTrainer(config, "stage1", tmp_path / "run")
+    huge = trainer.loss
+    trainer.loss = lambda batch: 1e6 * huge(batch)  # an outlier batch's gradient
+    norms = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad for p in trainer.net.parameters() if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    assert trainer.train(show_progress=False) == 3
+    assert len(norms) == 3 and max(norms) <= 1e-3 * 1.001
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(pool, tmp_path):
     trainer = StageTrainer(tiny_train_config(pool, iterations=1000), "stage2", tmp_path / "run")
     reached = trainer.train(max_minutes=0.02, show_progress=False)

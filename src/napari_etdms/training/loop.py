@@ -282,6 +282,8 @@ class TrainingLoop:
                     "checkpoint is kept: lower the learning rate in the config and rerun to resume")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.settings.gradient_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.settings.gradient_clip)
             self.optimizer.step()
             self.ema.update(self.net)
             self.iteration += 1

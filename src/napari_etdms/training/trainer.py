@@ -52,6 +52,9 @@ class StageConfig(_Strict):
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = Field(0.5, gt=0, le=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    # largest gradient norm a step may take (None: unclipped); a rare outlier batch then cannot
+    # throw the weights into a region where the loss turns non-finite
+    gradient_clip: float | None = Field(None, gt=0)
     condition_noise: float = Field(0.03, ge=0)  # stage 2 on clean low-res: sigma on [0, 1]
     validate_every: int = Field(500, gt=0)
     validation_crops: int = Field(16, gt=0)
