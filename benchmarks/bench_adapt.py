@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_etdms import Pipeline
-from napari_etdms.baselines import denoise as classical_denoise
-from napari_etdms.degradation import poisson_gaussian
-from napari_etdms.frames import load_normalised
+from napari_etdms.evaluation.baselines import denoise as classical_denoise
 from napari_etdms.runtime import describe, machine_report, use_threads
+from napari_etdms.simulation.degradation import poisson_gaussian
+from napari_etdms.simulation.ground_truth import load_normalised
 from napari_etdms.training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt
 
 ADAPT_FRAME = "vquentin-auriga__examples__ADB1_28.tif"

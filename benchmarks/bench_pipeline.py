@@ -25,11 +25,11 @@ import time
 import torch
 
 from napari_etdms.config import model_config
+from napari_etdms.engine.pipeline import Pipeline
+from napari_etdms.engine.settings import RunSettings
+from napari_etdms.engine.tiling import TileGrid
 from napari_etdms.models import build_clsr, build_denoiser
-from napari_etdms.pipeline import Pipeline
 from napari_etdms.runtime import Precision, describe, machine_report, select_device, use_threads
-from napari_etdms.settings import RunSettings
-from napari_etdms.tiling import TileGrid
 
 
 def peak_memory_mib(device: torch.device) -> float:

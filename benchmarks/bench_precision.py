@@ -37,9 +37,9 @@ import torch
 
 from napari_etdms import Pipeline
 from napari_etdms.config import model_config
+from napari_etdms.engine.pipeline import DENOISE_CONTEXT, DENOISE_MIN_TILE
 from napari_etdms.io import read_frame
 from napari_etdms.models import build_clsr, tile_inputs
-from napari_etdms.pipeline import DENOISE_CONTEXT, DENOISE_MIN_TILE
 from napari_etdms.runtime import Precision, describe, machine_report, usable_cores, use_threads
 from napari_etdms.samples import sample_path
 

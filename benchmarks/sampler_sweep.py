@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_etdms.degradation import DegradationConfig
-from napari_etdms.evaluation import centre_crop, evaluate_frame, summarise
-from napari_etdms.frames import load_normalised, validation_frames
-from napari_etdms.pipeline import Pipeline
+from napari_etdms.engine.pipeline import Pipeline
+from napari_etdms.engine.settings import RunSettings
+from napari_etdms.evaluation.sweep import centre_crop, evaluate_frame, summarise
 from napari_etdms.runtime import describe, machine_report, use_threads
-from napari_etdms.settings import RunSettings
+from napari_etdms.simulation.degradation import DegradationConfig
+from napari_etdms.simulation.ground_truth import load_normalised, validation_frames
 
 SETTINGS = {
     # one step from pure noise: a v model's estimate of the mean given the condition

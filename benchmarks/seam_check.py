@@ -19,9 +19,9 @@ import numpy as np
 import tifffile
 
 from napari_etdms import Pipeline
-from napari_etdms.metrics import psnr
+from napari_etdms.engine.tiling import TileGrid
+from napari_etdms.evaluation.metrics import psnr
 from napari_etdms.runtime import describe, machine_report
-from napari_etdms.tiling import TileGrid
 
 FRAME = Path(__file__).resolve().parents[1] / "tests" / "data" / "zeiss_auriga_inlens_UB19_14_databar.tif"
 IMAGE_ROWS = 676  # above the painted databar

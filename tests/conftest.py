@@ -6,8 +6,8 @@ import torch
 from napari_etdms.config import ModelConfig
 from napari_etdms.diffusion import NoiseSchedule
 from napari_etdms.diffusion.target import upsample_condition
+from napari_etdms.engine.pipeline import Pipeline
 from napari_etdms.models import build_clsr, build_denoiser
-from napari_etdms.pipeline import Pipeline
 from napari_etdms.training.trainer import TrainConfig
 from napari_etdms.weights import load_state, write_entry
 

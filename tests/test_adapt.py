@@ -11,8 +11,8 @@ import torch
 from conftest import sem_like
 
 from napari_etdms.cli import EXIT_ERROR, EXIT_NOT_KEPT, EXIT_OK, main
+from napari_etdms.engine.tiling import Cancelled
 from napari_etdms.io import read_provenance
-from napari_etdms.tiling import Cancelled
 from napari_etdms.training.adapt import (
     VALIDATION_ROWS,
     Adaptation,

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_etdms.bands import (
+from napari_etdms.config import DiffusionConfig
+from napari_etdms.diffusion import make_sampler
+from napari_etdms.diffusion.target import from_target, to_target, upsample_condition
+from napari_etdms.engine.bands import (
     NOISE_BLOCK,
     BandedChain,
     BlockNoise,
@@ -10,10 +13,7 @@ from napari_etdms.bands import (
     project_onto_low_res,
     upsample_rows,
 )
-from napari_etdms.config import DiffusionConfig
-from napari_etdms.diffusion import make_sampler
-from napari_etdms.diffusion.target import from_target, to_target, upsample_condition
-from napari_etdms.tiling import TileGrid, blend_tiles
+from napari_etdms.engine.tiling import TileGrid, blend_tiles
 
 
 def test_upsampled_rows_are_the_whole_frames_rows():

@@ -12,8 +12,10 @@ import tifffile
 import torch
 from scipy import ndimage
 
-from napari_etdms import pipeline as pipeline_module
-from napari_etdms.bioimageio import (
+from napari_etdms.cli import EXIT_ERROR, EXIT_OK, main
+from napari_etdms.engine import pipeline as pipeline_module
+from napari_etdms.engine.pipeline import Pipeline
+from napari_etdms.export.bioimageio import (
     ExportError,
     architecture_kwargs,
     architecture_source,
@@ -25,12 +27,10 @@ from napari_etdms.bioimageio import (
     noise_on_input_scale,
     read_first_frame,
 )
-from napari_etdms.cli import EXIT_ERROR, EXIT_OK, main
-from napari_etdms.denoise import apply_denoiser
 from napari_etdms.models import build_denoiser
-from napari_etdms.noise import NoiseModel
-from napari_etdms.pipeline import Pipeline
 from napari_etdms.samples import sample_path
+from napari_etdms.stage1.denoise import apply_denoiser
+from napari_etdms.stage1.noise import NoiseModel
 from napari_etdms.weights import ADAPTATION_RECORD, load_state, resolve, sha256_of, write_entry
 
 bioimageio_core = pytest.importorskip("bioimageio.core")  # the test extra installs it

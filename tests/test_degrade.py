@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_etdms import degradation as d
+from napari_etdms.simulation import degradation as d
 
 
 def rng(seed=0):

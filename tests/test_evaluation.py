@@ -9,10 +9,11 @@ import torch
 from conftest import sem_like
 from PIL import Image
 
-from napari_etdms import baselines
 from napari_etdms.cli import main
-from napari_etdms.degradation import DegradationConfig, degrade_with_details
-from napari_etdms.evaluation import (
+from napari_etdms.engine.settings import RunSettings
+from napari_etdms.evaluation import baselines
+from napari_etdms.evaluation.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
+from napari_etdms.evaluation.sweep import (
     CLEAN,
     METHODS,
     dose_degradation,
@@ -22,9 +23,8 @@ from napari_etdms.evaluation import (
     run_evaluation,
     source_of,
 )
-from napari_etdms.intensity import SIGNAL_SMOOTHING, IntensityMap
-from napari_etdms.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
-from napari_etdms.settings import RunSettings
+from napari_etdms.simulation.degradation import DegradationConfig, degrade_with_details
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
 
 QUICK = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -329,8 +329,8 @@ def test_eval_command_sweeps_doses_and_reads_held_out_sources_from_the_split(tin
 
 
 def test_noisy_truths_are_down_sampled_and_flat_centres_avoided(tmp_path):
-    from napari_etdms.evaluation import content_crop
-    from napari_etdms.frames import estimate_noise, load_ground_truth
+    from napari_etdms.evaluation.sweep import content_crop
+    from napari_etdms.simulation.ground_truth import estimate_noise, load_ground_truth
 
     rng = np.random.default_rng(0)
     clean = sem_like((256, 256), np.float32, seed=3)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_etdms.intensity import IntensityMap
+from napari_etdms.stage1.intensity import IntensityMap
 
 
 def test_smoothed_fit_finds_the_signal_range_under_heavy_shot_noise():

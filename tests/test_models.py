@@ -117,7 +117,7 @@ def test_growing_refuses_another_width():
 
 
 def test_stabiliser_inverts_exactly_and_equalises_the_noise():
-    from napari_etdms.noise import Stabiliser
+    from napari_etdms.stage1.noise import Stabiliser
 
     y = torch.linspace(0, 1, 101, dtype=torch.float64)
     for gain, offset in [(1 / 3, 1e-4), (1e-3, 1e-6), (0.0, 1e-4), (0.0, 0.0), (0.05, -1e-3)]:

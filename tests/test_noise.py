@@ -2,7 +2,7 @@
 
 The frames are real SEM content made clean (the EBC sample, 2 x 2 averaged and blurred, its own
 noise then far below any level tested; `test_noise_free_content_*` checks that) with noise of
-known parameters from `napari_etdms.degradation.poisson_gaussian`: shot variance y / electrons
+known parameters from `napari_etdms.simulation.degradation.poisson_gaussian`: shot variance y / electrons
 (gain = 1 / electrons), read variance read_sigma^2, read noise Gaussian-correlated along the
 rows, uniform per-row offsets (variance row_offset^2 / 3), and 8-bit storage (LSB^2 / 12).
 """
@@ -14,9 +14,9 @@ import pytest
 from scipy import ndimage
 
 import napari_etdms
-from napari_etdms.degradation import poisson_gaussian, quantise
-from napari_etdms.frames import load_normalised
-from napari_etdms.noise import estimate_noise
+from napari_etdms.simulation.degradation import poisson_gaussian, quantise
+from napari_etdms.simulation.ground_truth import load_normalised
+from napari_etdms.stage1.noise import estimate_noise
 
 SAMPLE = Path(napari_etdms.__file__).parent / "samples" / "nasa_ebc_032919-6_100cyc0007.png"
 QUANT8 = (1 / 255) ** 2 / 12  # variance of 8-bit rounding, on the [0, 1] scale
@@ -232,7 +232,7 @@ def test_a_full_frame_is_estimated_right(content):
 
 
 def test_the_noise_is_described_in_a_microscopist_s_terms():
-    from napari_etdms.noise import NoiseModel
+    from napari_etdms.stage1.noise import NoiseModel
 
     shot = NoiseModel(gain=255 / 30, offset=(0.01 * 255) ** 2, row_correlation=0.3)
     assert shot.describe(0, 255).startswith("~30 e-/px at white, std 13 % of the range at mid-grey")
@@ -243,7 +243,7 @@ def test_the_noise_is_described_in_a_microscopist_s_terms():
 
 
 def test_large_frames_are_measured_on_a_bounded_central_window():
-    from napari_etdms.noise import NOISE_SAMPLE_PIXELS, frame_noise, noise_sample
+    from napari_etdms.stage1.noise import NOISE_SAMPLE_PIXELS, frame_noise, noise_sample
 
     rng = np.random.default_rng(0)
     small = rng.normal(100, 5, (64, 64))

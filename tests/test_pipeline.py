@@ -5,8 +5,8 @@ import pytest
 from conftest import TINY, sem_like
 
 from napari_etdms import Cancelled, InputError
-from napari_etdms.metrics import consistency_psnr
-from napari_etdms.pipeline import Pipeline, estimate_memory_bytes
+from napari_etdms.engine.pipeline import Pipeline, estimate_memory_bytes
+from napari_etdms.evaluation.metrics import consistency_psnr
 
 FAST = dict(sampler="ddim", steps=3, tile=32, overlap=8)
 
@@ -106,8 +106,8 @@ def test_samples_give_mean_std_and_data_consistency(tiny_pipeline):
 def test_a_clsr_with_the_measured_input_sees_the_stage1_output_and_the_input_frame():
     import torch
 
-    from napari_etdms.intensity import IntensityMap
-    from napari_etdms.pipeline import SIGNAL_SMOOTHING
+    from napari_etdms.engine.pipeline import SIGNAL_SMOOTHING
+    from napari_etdms.stage1.intensity import IntensityMap
 
     measured = TINY.model_copy(update={"clsr": TINY.clsr.model_copy(update={"measured_input": True})})
     pipeline = Pipeline.from_config(measured, device="cpu", precision="float32")
@@ -188,7 +188,7 @@ def test_tile_batch_defaults_to_the_device_s_fastest_and_is_recorded(tiny_pipeli
 
 
 def test_huge_frames_are_refused_before_allocating(tiny_pipeline, monkeypatch):
-    import napari_etdms.pipeline as pipeline_module
+    import napari_etdms.engine.pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module, "available_memory_bytes", lambda: 2**30)
     with pytest.raises(MemoryError, match="process a region, or denoise only"):
@@ -257,7 +257,7 @@ def test_data_consistency_projection_makes_block_means_match(diffusion):
 def test_projection_is_exact_for_area_averaging():
     import torch
 
-    from napari_etdms.bands import project_onto_low_res
+    from napari_etdms.engine.bands import project_onto_low_res
 
     high, low = torch.randn(1, 1, 32, 40), torch.randn(1, 1, 8, 10)
     projected = project_onto_low_res(high, low)
@@ -266,7 +266,7 @@ def test_projection_is_exact_for_area_averaging():
 
 
 def test_noise_aware_denoiser_gets_the_estimated_noise_and_a_strength(noise_aware_weights):
-    from napari_etdms.noise import NoiseModel, estimate_noise
+    from napari_etdms.stage1.noise import NoiseModel, estimate_noise
 
     pipe = Pipeline.from_pretrained(noise_aware_weights.folder, device="cpu", precision="float32")
     frame = sem_like((96, 80), np.uint16)
@@ -320,7 +320,7 @@ def test_stage1_is_seam_free_on_a_real_zeiss_frame_at_any_tile_size():
     edges of tiles once drew a 48 px grid here (41.9 dB)."""
     import tifffile
 
-    from napari_etdms.metrics import psnr
+    from napari_etdms.evaluation.metrics import psnr
 
     frame = tifffile.imread("tests/data/zeiss_auriga_inlens_UB19_14_databar.tif")[380:676, 200:800]
     pipe = Pipeline.from_pretrained()
@@ -341,7 +341,7 @@ def test_zero_steps_is_an_error_not_the_default(tiny_pipeline):
 
 
 def test_plan_decides_the_run_before_any_compute(tiny_pipeline):
-    from napari_etdms.settings import RunSettings
+    from napari_etdms.engine.settings import RunSettings
 
     plan = tiny_pipeline.plan(sem_like((48, 48)), RunSettings(sampler="ddim", steps=3, tile=32, overlap=8))
     assert plan.settings.batch_size == tiny_pipeline.auto_batch_size

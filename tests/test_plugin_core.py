@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import sem_like
 
+from napari_etdms.engine.settings import RunSettings
 from napari_etdms.plugin import worker as worker_module
 from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
 from napari_etdms.plugin.widget import _pyramid
 from napari_etdms.plugin.worker import Job, run_job
-from napari_etdms.settings import RunSettings
 
 
 def test_x4_geometry_puts_subpixels_inside_their_input_pixel():
@@ -55,7 +55,7 @@ def test_job_yields_progress_and_returns_results(tiny_weights):
 
 
 def test_a_bad_slice_stops_the_job_and_is_named(tiny_weights):
-    from napari_etdms.pipeline import InputError
+    from napari_etdms.engine.pipeline import InputError
 
     stack = [sem_like((32, 32)), np.full((32, 32), 7, np.uint16), sem_like((32, 32), seed=1)]
     job = Job(stack, str(tiny_weights.folder), "cpu", "float32", RunSettings(sampler="ddim", steps=1, tile=32))

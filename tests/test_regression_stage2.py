@@ -7,11 +7,11 @@ from conftest import TINY, TINY_REGRESSION, sem_like, tiny_train_config
 
 from napari_etdms.config import ConfigError, model_config
 from napari_etdms.diffusion.target import upsample_condition
-from napari_etdms.intensity import IntensityMap
-from napari_etdms.metrics import uncertainty_calibration
+from napari_etdms.engine.pipeline import SIGNAL_SMOOTHING, Pipeline
+from napari_etdms.evaluation.metrics import uncertainty_calibration
 from napari_etdms.models import build_clsr
 from napari_etdms.models.clsr import RELIABILITY_STEPS, reliability_step
-from napari_etdms.pipeline import SIGNAL_SMOOTHING, Pipeline
+from napari_etdms.stage1.intensity import IntensityMap
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export
 from napari_etdms.weights import resolve
 
@@ -69,7 +69,7 @@ def test_one_network_evaluation_per_tile_whatever_the_samples():
 
 
 def pipeline_settings(**changes):
-    from napari_etdms.settings import RunSettings
+    from napari_etdms.engine.settings import RunSettings
 
     return RunSettings(**changes)
 
@@ -101,9 +101,9 @@ def test_samples_give_the_predicted_std_in_input_units():
 
 
 def test_data_consistency_is_weighted_by_how_far_the_condition_can_be_trusted():
-    from napari_etdms.bands import CONSISTENCY_LEVEL, consistency_weight
-    from napari_etdms.noise import NoiseModel
-    from napari_etdms.pipeline import condition_level
+    from napari_etdms.engine.bands import CONSISTENCY_LEVEL, consistency_weight
+    from napari_etdms.engine.pipeline import condition_level
+    from napari_etdms.stage1.noise import NoiseModel
 
     pipeline = regression_pipeline()
     with torch.no_grad():  # a mean residual that is not block-consistent

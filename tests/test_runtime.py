@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, sem_like
 
 from napari_etdms import runtime
-from napari_etdms.pipeline import Pipeline
+from napari_etdms.engine.pipeline import Pipeline
 from napari_etdms.runtime import CpuFeatures, choose_precision, choose_threads
 
 CPU = torch.device("cpu")
@@ -175,7 +175,7 @@ def test_a_pipeline_measures_its_own_networks_once(monkeypatch):
     assert entry["precision"] == first.precision
     assert all(0 < seconds < 60 for seconds in entry["seconds"].values())
     # measured again, this probe would choose bfloat16 with another reason
-    monkeypatch.setattr("napari_etdms.pipeline.forward_probe", lambda *a, **k: Probe(RuntimeError(), 0.0))
+    monkeypatch.setattr("napari_etdms.engine.pipeline.forward_probe", lambda *a, **k: Probe(RuntimeError(), 0.0))
     assert Pipeline.from_config(TINY, precision="auto").precision_choice == first.precision_choice
 
 

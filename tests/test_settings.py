@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 from napari_etdms import Pipeline
-from napari_etdms.settings import DEFAULTS, RunSettings
+from napari_etdms.engine.settings import DEFAULTS, RunSettings
 
 
 @pytest.mark.parametrize("change, message", [

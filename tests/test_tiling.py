@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import TINY, sem_like
 
-from napari_etdms.tiling import TileGrid, blend_tiles, taper, tile_starts
+from napari_etdms.engine.tiling import TileGrid, blend_tiles, taper, tile_starts
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(64, 64, 16), (65, 64, 16), (300, 64, 16), (1000, 96, 32)])

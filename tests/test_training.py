@@ -10,8 +10,8 @@ import torch
 from conftest import sem_like, tiny_train_config, write_frames
 
 from napari_etdms.config import DiffusionConfig
-from napari_etdms.frames import load_normalised, validation_frames
 from napari_etdms.models import build_denoiser
+from napari_etdms.simulation.ground_truth import load_normalised, validation_frames
 from napari_etdms.training.data import FrameInfo, augment, list_frames, scene_key, split_frames
 from napari_etdms.training.trainer import StageTrainer, TrainConfig, export, read_settings_history
 from napari_etdms.weights import resolve
@@ -69,15 +69,34 @@ def test_a_finished_stage_run_again_leaves_its_checkpoint_alone(pool, tmp_path):
     assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns) == before
 
 
-def test_a_diverged_loss_stops_training_and_keeps_the_last_checkpoint(pool, tmp_path):
+def test_an_odd_non_finite_batch_is_skipped_and_a_diverged_loss_stops_training(pool, tmp_path):
     trainer = StageTrainer(tiny_train_config(pool, iterations=5), "stage1", tmp_path / "run")
     assert trainer.train(max_minutes=None, show_progress=False) == 5
     saved = trainer.checkpoint_path.read_bytes()
     diverging = StageTrainer(tiny_train_config(pool, iterations=8), "stage1", tmp_path / "run")
     diverging.loss = lambda batch: torch.tensor(float("nan"), requires_grad=True)
-    with pytest.raises(FloatingPointError, match="iteration 6"):
+    with pytest.raises(FloatingPointError, match="20 batches in a row at iteration 6"):
         diverging.train(show_progress=False)
     assert diverging.checkpoint_path.read_bytes() == saved
+
+    odd = StageTrainer(tiny_train_config(pool, iterations=8), "stage1", tmp_path / "run")
+    finite_loss, calls = odd.loss, []
+
+    def nan_gradient_on_the_third_batch(batch):
+        calls.append(1)
+        loss = finite_loss(batch)
+        if len(calls) != 3:
+            return loss
+        weight = next(odd.net.parameters())
+        return loss + torch.sqrt(0.0 * weight.sum())  # the same finite value; d sqrt/dx at 0 is infinite
+
+    odd.loss = nan_gradient_on_the_third_batch
+    before = [p.detach().clone() for p in odd.net.parameters()]
+    assert odd.train(show_progress=False) == 8
+    assert all(torch.isfinite(p).all() for p in odd.net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, odd.net.parameters()))
+    log = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert sum(record.get("skipped_non_finite", 0) for record in log) == 1  # batch 3 of iterations 6-8
 
 
 def test_gradient_clip_bounds_every_step(pool, tmp_path):
@@ -488,7 +507,7 @@ def _noise_aware(config):
 
 
 def test_noise_aware_stage1_learns_the_noiseless_frame_in_units_of_its_noise(pool, tmp_path):
-    from napari_etdms.noise import Stabiliser
+    from napari_etdms.stage1.noise import Stabiliser
     from napari_etdms.training.recipes import fitted_noise, refit
 
     config = _noise_aware(tiny_train_config(pool))

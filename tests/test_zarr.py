@@ -182,7 +182,7 @@ def test_a_folder_that_appears_during_the_write_is_not_replaced_without_overwrit
 def test_a_long_run_keeps_its_work_folder_fresh(tmp_path, monkeypatch):
     import time
 
-    from napari_etdms.batch import _keeping_alive
+    from napari_etdms.engine.batch import _keeping_alive
 
     folder = tmp_path / "work"
     folder.mkdir()
@@ -197,7 +197,7 @@ def test_a_long_run_keeps_its_work_folder_fresh(tmp_path, monkeypatch):
 def test_a_thin_frame_gets_a_pyramid_without_failing(tmp_path):
     import zarr
 
-    from napari_etdms.zarr_io import OmeZarrOutputs
+    from napari_etdms.io.ome_zarr import OmeZarrOutputs
 
     outputs = OmeZarrOutputs(tmp_path, ["denoised"])
     staged = outputs.finish({"denoised": np.ones((3, 5000), np.float32)}, {"denoised": 2.0}, {})

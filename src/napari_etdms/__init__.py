@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .pipeline import InputError, Pipeline, Result  # noqa: E402
-from .tiling import Cancelled  # noqa: E402
-from .weights import WeightsError  # noqa: E402
+from napari_etdms.engine.pipeline import InputError, Pipeline, Result  # noqa: E402
+from napari_etdms.engine.tiling import Cancelled  # noqa: E402
+from napari_etdms.weights import WeightsError  # noqa: E402
 
 __all__ = ["Cancelled", "InputError", "Pipeline", "Result", "WeightsError", "__version__"]

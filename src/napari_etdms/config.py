@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models.clsr import CLSRSize
-from .models.swinir import SwinIRSize
+from napari_etdms.models.clsr import CLSRSize
+from napari_etdms.models.swinir import SwinIRSize
 
 
 class ConfigError(ValueError):

@@ -210,7 +210,7 @@ CACHE_ENTRIES = 32  # the newest measurements kept: torch upgrades and other wei
 
 def write_cache(entries: dict) -> None:
     """Best effort: a read-only or full cache folder costs a measurement next time, no error."""
-    from .io import write_file_atomically
+    from napari_etdms.io import write_file_atomically
 
     path = cache_path()
     newest = sorted(entries.items(), key=lambda item: str(item[1].get("measured", "")))[-CACHE_ENTRIES:]

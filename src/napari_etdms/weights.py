@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, ModelConfig, model_config
-from .io import write_file_atomically
+from napari_etdms.config import ConfigError, ModelConfig, model_config
+from napari_etdms.io import write_file_atomically
 
 DEFAULT_WEIGHTS = "etdms-sem-v3"
 MANIFEST = "weights.json"

@@ -1,19 +1,27 @@
 """Probe for issue 17 (not part of the package): does row-pair Neighbor2Neighbor fine-tuning of the shipped stage 1 help on a detector it was not trained on?"""
-import sys, time, json, copy
-import numpy as np, torch, torch.nn.functional as F
+import copy
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from napari_etdms.evaluation.metrics import psnr
+
 from napari_etdms import Pipeline
-from napari_etdms.frames import load_normalised
-from napari_etdms.degradation import poisson_gaussian
-from napari_etdms.intensity import IntensityMap, SIGNAL_SMOOTHING
-from napari_etdms.noise import frame_noise
-from napari_etdms.denoise import apply_denoiser
-from napari_etdms.metrics import psnr
+from napari_etdms.simulation.degradation import poisson_gaussian
+from napari_etdms.simulation.ground_truth import load_normalised
+from napari_etdms.stage1.denoise import apply_denoiser
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.stage1.noise import frame_noise
 
 torch.set_num_threads(2)
 split = json.load(open("/work/main/training-runs/etdms-sem-v2/split.json"))
 paths = [r["path"] for r in split["validation"]]
 rng = np.random.default_rng(0)
 import os
+
 DET = dict(electrons=float(sys.argv[1]) if len(sys.argv) > 1 else 30, read_sigma=float(os.environ.get("READ", 0.05)), line_correlation=float(os.environ.get("CORR", 4.0)), row_offset=float(os.environ.get("ROWS", 0.04)))
 ITS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 GAMMA = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0

@@ -15,12 +15,12 @@ import argparse
 
 import numpy as np
 import torch
+from napari_etdms.evaluation.metrics import psnr
 from scipy import ndimage
 
-import napari_etdms.denoise as denoise
+import napari_etdms.stage1.denoise as denoise
 from napari_etdms import Pipeline
-from napari_etdms.frames import load_normalised, validation_frames
-from napari_etdms.metrics import psnr
+from napari_etdms.simulation.ground_truth import load_normalised, validation_frames
 
 SPLIT = "training-runs/etdms-sem-v2/split.json"
 told_only = denoise.NoiseAwareInput.__init__

@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_etdms import Pipeline
-from napari_etdms.frames import load_normalised
+from napari_etdms.simulation.ground_truth import load_normalised
 
 STRENGTHS = (0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4)
 split = json.loads((Path(__file__).parents[1] / "etdms-sem-v2" / "split.json").read_text())

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import DiffusionConfig
+from napari_etdms.config import DiffusionConfig
 
 
 @dataclass(frozen=True)

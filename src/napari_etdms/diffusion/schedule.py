@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import DiffusionConfig
+from napari_etdms.config import DiffusionConfig
 
 
 class NoiseSchedule:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import DiffusionConfig
-from ..models.clsr import SCALE
+from napari_etdms.config import DiffusionConfig
+from napari_etdms.models.clsr import SCALE
 
 
 def upsample_condition(cond: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .clsr import CLSR, CLSRSize
-from .swinir import SwinIRDenoiser, SwinIRSize
+from napari_etdms.models.clsr import CLSR, CLSRSize
+from napari_etdms.models.swinir import SwinIRDenoiser, SwinIRSize
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig
+    from napari_etdms.config import ModelConfig
 
 
 def build_denoiser(config: ModelConfig) -> SwinIRDenoiser:

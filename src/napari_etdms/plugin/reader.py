@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES, ZARR_SUFFIX, Frame, read_frame
+from napari_etdms.io import IMAGE_SUFFIXES, ZARR_SUFFIX, Frame, read_frame
 
 UNIT = "nm"
 _FIRST_AXIS = {"T": "t", "C": "c", "S": "c"}
@@ -44,7 +44,7 @@ def read_sem(path) -> list[tuple]:
 
 def ome_zarr_layer(path: Path) -> tuple:
     """A multiscale layer of lazy (dask) levels: napari reads only the tiles it shows."""
-    from ..zarr_io import multiscale_layer, zarr_stem
+    from napari_etdms.io.ome_zarr import multiscale_layer, zarr_stem
 
     levels, px, provenance = multiscale_layer(path)
     kwargs = {"name": zarr_stem(path), "multiscale": len(levels) > 1, "scale": (px, px) if px else (1.0, 1.0),

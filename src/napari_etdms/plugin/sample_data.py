@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..io import read_frame
-from ..samples import PIXEL_SIZE_NOTE, sample_path
+from napari_etdms.io import read_frame
+from napari_etdms.samples import PIXEL_SIZE_NOTE, sample_path
 
 LICENCE = "MIT (NASA pretrained-microscopy-models, Stuckner et al.)"
 

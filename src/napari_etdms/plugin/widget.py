@@ -30,16 +30,16 @@ from magicgui.widgets import (
 from qtpy.QtCore import QSettings, QSize, Qt, QTimer
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from .. import __version__
-from ..diffusion import DEFAULT_PRESET, SAMPLERS
-from ..pipeline import Result
-from ..settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
-from ..training.adapt import DEFAULT_MINUTES
-from ..training.adapt import SETTINGS as ADAPT_SETTINGS
-from ..weights import DEFAULT_WEIGHTS, available, user_folder
-from .compare import CompareView
-from .geometry import pyramid_levels, region_geometry, upscaled_geometry
-from .worker import AdaptJob, Job, adapt_job, run_job
+from napari_etdms import __version__
+from napari_etdms.diffusion import DEFAULT_PRESET, SAMPLERS
+from napari_etdms.engine.pipeline import Result
+from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.plugin.compare import CompareView
+from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
+from napari_etdms.plugin.worker import AdaptJob, Job, adapt_job, run_job
+from napari_etdms.training.adapt import DEFAULT_MINUTES
+from napari_etdms.training.adapt import SETTINGS as ADAPT_SETTINGS
+from napari_etdms.weights import DEFAULT_WEIGHTS, available, user_folder
 
 LOCAL_FILE = "local weights file..."
 SAMPLES_TIP = "more than 1 adds the mean and a per-pixel uncertainty (std) layer"
@@ -71,7 +71,7 @@ def detected_summary(devices: list[str]) -> tuple[str, str]:
     measures it; the line after a run says what was used)."""
     import torch
 
-    from ..runtime import CpuFeatures, choose_precision, select_device
+    from napari_etdms.runtime import CpuFeatures, choose_precision, select_device
 
     auto = "CUDA" if torch.cuda.is_available() else ("MPS" if "mps" in devices else "CPU only")
     device = select_device("auto")
@@ -283,7 +283,7 @@ class ETDMSWidget(QWidget):
 
     def _apply_preset(self, name):
         """The weights' measured default sampling (persisted settings override it)."""
-        from ..weights import WeightsError, resolve
+        from napari_etdms.weights import WeightsError, resolve
 
         if not name or name == LOCAL_FILE:
             return
@@ -307,8 +307,8 @@ class ETDMSWidget(QWidget):
         self.samples.tooltip = SAMPLES_TIP if diffusion else "more than 1 adds the predicted error std (uncertainty)"
 
     def _sampler_changed(self, name: str):
-        from ..config import DiffusionConfig
-        from ..diffusion import default_steps
+        from napari_etdms.config import DiffusionConfig
+        from napari_etdms.diffusion import default_steps
 
         self.steps.value = default_steps(name, DiffusionConfig())
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..io import nm_per_unit, to_jsonable, write_tiff
+from napari_etdms.io import nm_per_unit, to_jsonable, write_tiff
 
 
 def write_sem_tiff(path: str, data, meta: dict) -> list[str]:

@@ -35,17 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..intensity import SIGNAL_SMOOTHING, IntensityMap
-from ..io import DEFAULT_MAX_PIXELS, read_frame
-from ..models import build_denoiser
-from ..noise import frame_noise
-from ..pipeline import prepare_frame
-from ..runtime import describe
-from ..tiling import Cancelled
-from ..weights import ADAPTATION_RECORD, WeightsEntry, load_state, resolve, sha256_of, write_entry
-from .loop import TrainingLoop
-from .recipes import NeighbourPairDenoising, neighbour_pairs
-from .trainer import StageConfig
+from napari_etdms.engine.pipeline import prepare_frame
+from napari_etdms.engine.tiling import Cancelled
+from napari_etdms.io import DEFAULT_MAX_PIXELS, read_frame
+from napari_etdms.models import build_denoiser
+from napari_etdms.runtime import describe
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.stage1.noise import frame_noise
+from napari_etdms.training.loop import TrainingLoop
+from napari_etdms.training.recipes import NeighbourPairDenoising, neighbour_pairs
+from napari_etdms.training.trainer import StageConfig
+from napari_etdms.weights import ADAPTATION_RECORD, WeightsEntry, load_state, resolve, sha256_of, write_entry
 
 METHOD = ("Neighbor2Neighbor (self-supervised) with scan-line pairs: the pair's pixels from different rows, each "
           "sub-image row from one scan line; regulariser weight 1; extra noise of up to 1x on half the crops")

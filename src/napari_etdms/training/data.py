@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..degradation import SCALE, DegradationConfig, degrade_with_details
-from ..frames import TRUTH_DOWNSAMPLING, area_downsample, estimate_noise, load_normalised
-from ..intensity import SIGNAL_SMOOTHING, IntensityMap
-from ..io import iter_image_files
-from ..noise import frame_noise
+from napari_etdms.io import iter_image_files
+from napari_etdms.simulation.degradation import SCALE, DegradationConfig, degrade_with_details
+from napari_etdms.simulation.ground_truth import TRUTH_DOWNSAMPLING, area_downsample, estimate_noise, load_normalised
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.stage1.noise import frame_noise
 
 
 @dataclass(frozen=True)

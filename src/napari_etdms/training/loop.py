@@ -23,10 +23,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..io import write_file_atomically
-from ..models import tile_inputs
-from ..runtime import Precision, architecture_key, choose_precision, describe, forward_probe, use_threads
-from ..tiling import Cancelled
+from napari_etdms.engine.tiling import Cancelled
+from napari_etdms.io import write_file_atomically
+from napari_etdms.models import tile_inputs
+from napari_etdms.runtime import Precision, architecture_key, choose_precision, describe, forward_probe, use_threads
+
+MAX_NON_FINITE_IN_A_ROW = 20  # batches with a non-finite loss or gradient before training stops
 
 
 class EMA:
@@ -232,6 +234,11 @@ class TrainingLoop:
         model.train(was_training)
         return result
 
+    def _clip_gradient(self) -> torch.Tensor:
+        """The gradient's norm (non-finite if any part is), clipped to `gradient_clip` when set."""
+        limit = self.settings.gradient_clip or math.inf
+        return torch.nn.utils.clip_grad_norm_(self.net.parameters(), limit)
+
     def log(self, record: dict) -> None:
         if is_lead():
             with (self.dir / "log.jsonl").open("a") as fh:
@@ -256,6 +263,7 @@ class TrainingLoop:
                                                   pin_memory=self.device.type == "cuda"))
         bar = tqdm(total=total, initial=self.iteration, desc=self.label, disable=not show_progress or not is_lead())
         losses: list[float] = []
+        skipped = skipped_in_a_row = 0  # batches whose loss or gradient was not finite
         started = time.monotonic()
         if self.device.type == "cpu":
             reuse_freed_memory()
@@ -275,15 +283,21 @@ class TrainingLoop:
                 raise Cancelled("training cancelled")
             self._apply_learning_rate()
             loss = self.loss(next(loader))
-            if not torch.isfinite(loss):  # diverged: stop before a step or a checkpoint can take it in
-                bar.close()
-                raise FloatingPointError(
-                    f"{self.label}: the loss is {loss.item()} at iteration {self.iteration + 1}; the last "
-                    "checkpoint is kept: lower the learning rate in the config and rerun to resume")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.settings.gradient_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.settings.gradient_clip)
+            loss.backward()  # on every rank, finite or not: the gradients' all-reduce must not wait
+            if not torch.isfinite(loss) or not torch.isfinite(self._clip_gradient()):
+                # one odd batch is skipped (as mixed-precision scalers do); a diverged model stops
+                # before a step or a checkpoint can take it in
+                skipped += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row >= MAX_NON_FINITE_IN_A_ROW:
+                    bar.close()
+                    raise FloatingPointError(
+                        f"{self.label}: the loss or its gradient is not finite for {skipped_in_a_row} batches in a "
+                        f"row at iteration {self.iteration + 1}; the last checkpoint is kept: lower the learning "
+                        "rate in the config and rerun to resume")
+                continue
+            skipped_in_a_row = 0
             self.optimizer.step()
             self.ema.update(self.net)
             self.iteration += 1
@@ -296,8 +310,9 @@ class TrainingLoop:
             if self.iteration % self.settings.checkpoint_every == 0 or done:
                 self.save()
                 self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
-                          "seconds_per_step": (time.monotonic() - started) / len(losses)})
-                losses, started = [], time.monotonic()
+                          "seconds_per_step": (time.monotonic() - started) / len(losses)}
+                         | ({"skipped_non_finite": skipped} if skipped else {}))
+                losses, skipped, started = [], 0, time.monotonic()
             if self.iteration % self.settings.validate_every == 0 or done:
                 self.log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
         bar.close()

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..denoise import apply_denoiser
-from ..diffusion import make_sampler
-from ..diffusion.target import from_target, to_target, upsample_condition
-from ..metrics import psnr, ssim, uncertainty_calibration
-from ..models.clsr import LOG_VARIANCE_RANGE, reliability_step
-from ..noise import Stabiliser
+from napari_etdms.diffusion import make_sampler
+from napari_etdms.diffusion.target import from_target, to_target, upsample_condition
+from napari_etdms.evaluation.metrics import psnr, ssim, uncertainty_calibration
+from napari_etdms.models.clsr import LOG_VARIANCE_RANGE, reliability_step
+from napari_etdms.stage1.denoise import apply_denoiser
+from napari_etdms.stage1.noise import Stabiliser
 
 CRITERIA = {"l1": F.l1_loss, "mse": F.mse_loss}
 

@@ -15,15 +15,20 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..config import ModelConfig, _Strict, load_json
-from ..degradation import DegradationConfig
-from ..diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule
-from ..io import write_file_atomically
-from ..models import build_clsr, build_denoiser
-from ..weights import write_entry
-from .data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
-from .loop import TrainingLoop, is_lead
-from .recipes import BlindDenoising, ConditionalDiffusion, ConditionalRegression, NoiseAwareDenoising
+from napari_etdms.config import ModelConfig, _Strict, load_json
+from napari_etdms.diffusion import DEFAULT_PRESET, SAMPLERS, NoiseSchedule
+from napari_etdms.io import write_file_atomically
+from napari_etdms.models import build_clsr, build_denoiser
+from napari_etdms.simulation.degradation import DegradationConfig
+from napari_etdms.training.data import CropStream, FrameInfo, list_frames, screen_frames, split_frames
+from napari_etdms.training.loop import TrainingLoop, is_lead
+from napari_etdms.training.recipes import (
+    BlindDenoising,
+    ConditionalDiffusion,
+    ConditionalRegression,
+    NoiseAwareDenoising,
+)
+from napari_etdms.weights import write_entry
 
 STAGES = ("stage1", "stage2", "finetune")
 
@@ -272,7 +277,7 @@ def export(run_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.Pa
     states = {part: checkpoints[stage]["ema"]["module"] for part, stage in sources.items()}
     borrowed = {}
     if clsr_from is not None:
-        from ..weights import load_state, resolve
+        from napari_etdms.weights import load_state, resolve
 
         other = resolve(clsr_from)
         if other.config.clsr != config.model.clsr or other.config.diffusion != config.model.diffusion:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .io import (
+from napari_etdms.engine.pipeline import Pipeline, Result
+from napari_etdms.engine.settings import DEFAULTS, RunSettings
+from napari_etdms.io import (
     DEFAULT_MAX_PIXELS,
     OUTPUT_FORMATS,
     TEMPORARY_SUFFIX,
@@ -41,9 +43,7 @@ from .io import (
     tiff_writer,
     write_files_atomically,
 )
-from .pipeline import Pipeline, Result
-from .settings import DEFAULTS, RunSettings
-from .zarr_io import zarr_stem
+from napari_etdms.io.ome_zarr import zarr_stem
 
 # what fails one file and lets the batch go on (anything else stops the batch)
 FILE_ERRORS = (ReadError, ValueError, FileExistsError, MemoryError, OSError)
@@ -196,7 +196,7 @@ def run_to_ome_zarr(job: FileJob, pipeline: Pipeline, frame, batch: BatchSetting
     """Run one input with its x4 arrays on disk and publish its OME-Zarr outputs as one set.
     The work folder (hidden, in the output folder) is removed whatever happens; one left by
     a killed process is removed by a later `plan` (`remove_stale_temporaries`)."""
-    from .zarr_io import OmeZarrOutputs, check_disk, require_zarr
+    from napari_etdms.io.ome_zarr import OmeZarrOutputs, check_disk, require_zarr
 
     require_zarr()
     first = next(iter(job.outputs.values()))

@@ -27,11 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import baselines as classical
-from .batch import check_output_folder, run_serially
-from .degradation import SCALE, DegradationConfig, degrade
-from .frames import load_ground_truth
-from .metrics import (
+from napari_etdms.engine.batch import check_output_folder, run_serially
+from napari_etdms.engine.settings import DEFAULTS, RunSettings
+from napari_etdms.evaluation.metrics import (
     consistency_psnr,
     frc_resolution,
     match_to_reference,
@@ -40,7 +38,9 @@ from .metrics import (
     nrmse,
     uncertainty_calibration,
 )
-from .settings import DEFAULTS, RunSettings
+from napari_etdms.evaluation import baselines as classical
+from napari_etdms.simulation.degradation import SCALE, DegradationConfig, degrade
+from napari_etdms.simulation.ground_truth import load_ground_truth
 
 PIPELINE_METHODS = {
     "bicubic_input": "bicubic of degraded",

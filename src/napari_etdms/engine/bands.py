@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion.samplers import Sampler
-from .diffusion.target import from_target, to_target, upsample_condition
-from .models.clsr import LOG_VARIANCE_RANGE, SCALE
-from .tiling import TileGrid, taper
+from napari_etdms.diffusion.samplers import Sampler
+from napari_etdms.diffusion.target import from_target, to_target, upsample_condition
+from napari_etdms.engine.tiling import TileGrid, taper
+from napari_etdms.models.clsr import LOG_VARIANCE_RANGE, SCALE
 
 NOISE_BLOCK = 256  # x4 px
 BAND_ROWS = 256  # x4 rows per band in the passes that are not tied to the tile grid (a multiple of SCALE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
 
 
 def _numpy(a) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from skimage.restoration import denoise_tv_chambolle
 
-from .noise import Stabiliser
+from napari_etdms.stage1.noise import Stabiliser
 
 # strength above 1: the total-variation weight in units of the stabilised noise level, per unit
 TV_WEIGHT_PER_STRENGTH = 1.0 / 3.0

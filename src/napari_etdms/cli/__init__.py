@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from .settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms import __version__
+from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.io import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_KEPT = 3  # etdms adapt: the base weights fit the frames better; nothing written
@@ -32,8 +32,8 @@ def _add_degradation_option(p: argparse.ArgumentParser) -> None:
 
 
 def _degradation(value: str | None):
-    from .config import ConfigError, load_json, parse
-    from .degradation import DegradationConfig
+    from napari_etdms.config import ConfigError, load_json, parse
+    from napari_etdms.simulation.degradation import DegradationConfig
 
     if value is None:
         return DegradationConfig()
@@ -93,7 +93,7 @@ def _add_speed_options(g, precisions: tuple[str, ...] = ("auto", "float32", "bfl
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from .diffusion import SAMPLERS
+    from napari_etdms.diffusion import SAMPLERS
 
     g = p.add_argument_group("model and sampling")
     g.add_argument("-w", "--weights", help="registry name or weights folder (default: the shipped model)")
@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --export: take stage 2 from these weights (registry name or folder) instead of "
                        "this run's; recorded by name and hash")
 
-    from .training.adapt import DEFAULT_MINUTES, VALIDATION_ROWS
-    from .training.adapt import SETTINGS as ADAPT_SETTINGS
+    from napari_etdms.training.adapt import DEFAULT_MINUTES, VALIDATION_ROWS
+    from napari_etdms.training.adapt import SETTINGS as ADAPT_SETTINGS
 
     ad = sub.add_parser(
         "adapt",
@@ -304,9 +304,9 @@ def _progress_bar(desc: str):
 def _load_pipeline(args):
     """The chosen weights; weights folders that cannot be read are named, never skipped silently.
     The search path is scanned once, for both."""
-    from .pipeline import Pipeline
-    from .runtime import summary, use_threads
-    from .weights import DEFAULT_WEIGHTS, scan
+    from napari_etdms.engine.pipeline import Pipeline
+    from napari_etdms.runtime import summary, use_threads
+    from napari_etdms.weights import DEFAULT_WEIGHTS, scan
 
     entries, broken = scan()
     for reason in broken.values():
@@ -321,8 +321,8 @@ def _load_pipeline(args):
 
 
 def _infer_files(args, files: list[Path]) -> int:
-    from .batch import BatchSettings, OutputFolderError, plan, process_file, run_serially
-    from .zarr_io import require_zarr
+    from napari_etdms.engine.batch import BatchSettings, OutputFolderError, plan, process_file, run_serially
+    from napari_etdms.io.ome_zarr import require_zarr
 
     try:
         jobs = plan(files, args.output, args.overwrite, getattr(args, "output_format", "auto"))
@@ -379,7 +379,7 @@ def _infer_distributed(args, jobs, batch) -> int:
     except ImportError:
         raise ValueError("--scheduler and --workers need dask.distributed: "
                          "pip install 'napari-etdms[distributed]'") from None
-    from .batch import run_distributed
+    from napari_etdms.engine.batch import run_distributed
 
     report = _file_reporter(args.output, total=len(jobs))
     if args.scheduler:
@@ -391,8 +391,8 @@ def _infer_distributed(args, jobs, batch) -> int:
 
 
 def cmd_infer(args) -> int:
-    from .batch import input_files
-    from .samples import sample_paths
+    from napari_etdms.engine.batch import input_files
+    from napari_etdms.samples import sample_paths
 
     files = input_files(args.inputs) if args.inputs else sample_paths()
     if not files:
@@ -402,7 +402,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .samples import sample_path, sample_paths
+    from napari_etdms.samples import sample_path, sample_paths
 
     files = sample_paths() if args.all else [sample_path("superalloy")]
     return _infer_files(args, files)
@@ -411,9 +411,9 @@ def cmd_demo(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from .pipeline import Pipeline
-    from .runtime import CpuFeatures, choose_precision, device_name, select_device, use_threads
-    from .weights import DEFAULT_WEIGHTS, scan, search_path
+    from napari_etdms.engine.pipeline import Pipeline
+    from napari_etdms.runtime import CpuFeatures, choose_precision, device_name, select_device, use_threads
+    from napari_etdms.weights import DEFAULT_WEIGHTS, scan, search_path
 
     device = select_device("auto")
     threads = use_threads(args.threads)  # a measured precision holds for this many threads
@@ -447,9 +447,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .runtime import select_device, summary
-    from .training.loop import is_lead, lead_decides, start_distributed, stop_distributed
-    from .training.trainer import StageTrainer, export, load_train_config
+    from napari_etdms.runtime import select_device, summary
+    from napari_etdms.training.loop import is_lead, lead_decides, start_distributed, stop_distributed
+    from napari_etdms.training.trainer import StageTrainer, export, load_train_config
 
     config = load_train_config(args.config)
     if args.threads:
@@ -500,11 +500,11 @@ def _names(value: str | None) -> list[str]:
 
 
 def cmd_adapt(args) -> int:
-    from .batch import input_files
-    from .runtime import select_device
-    from .training.adapt import SETTINGS as ADAPT_SETTINGS
-    from .training.adapt import adapt, frames_from_files, seconds_left, work_folder
-    from .weights import user_folder
+    from napari_etdms.engine.batch import input_files
+    from napari_etdms.runtime import select_device
+    from napari_etdms.training.adapt import SETTINGS as ADAPT_SETTINGS
+    from napari_etdms.training.adapt import adapt, frames_from_files, seconds_left, work_folder
+    from napari_etdms.weights import user_folder
 
     files = input_files(args.inputs)
     if not files:
@@ -537,7 +537,7 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .bioimageio import export_model
+    from napari_etdms.export.bioimageio import export_model
 
     result = export_model(args.weights, args.output, noise=args.noise, from_frame=args.from_frame,
                           overwrite=args.overwrite)
@@ -551,10 +551,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .batch import OutputFolderError, check_output_folder
-    from .evaluation import DEGRADATION_KINDS, parse_doses, run_evaluation, split_held_out_sources
-    from .frames import validation_frames
-    from .io import iter_image_files
+    from napari_etdms.engine.batch import OutputFolderError, check_output_folder
+    from napari_etdms.evaluation.sweep import (
+        DEGRADATION_KINDS,
+        parse_doses,
+        run_evaluation,
+        split_held_out_sources,
+    )
+    from napari_etdms.io import iter_image_files
+    from napari_etdms.simulation.ground_truth import validation_frames
 
     if args.frames_dir and not args.split:
         print("--frames-dir locates a split's frames: give --split too", file=sys.stderr)
@@ -615,10 +620,10 @@ def cmd_degrade(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .degradation import degrade
-    from .evaluation import centre_crop
-    from .frames import load_normalised
-    from .io import iter_image_files, write_file_atomically, write_tiff
+    from napari_etdms.evaluation.sweep import centre_crop
+    from napari_etdms.io import iter_image_files, write_file_atomically, write_tiff
+    from napari_etdms.simulation.degradation import degrade
+    from napari_etdms.simulation.ground_truth import load_normalised
 
     files = iter_image_files(args.inputs)
     degradation = _degradation(args.degradation)
@@ -649,10 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from .config import ConfigError
-    from .pipeline import InputError
-    from .tiling import Cancelled
-    from .weights import WeightsError
+    from napari_etdms.config import ConfigError
+    from napari_etdms.engine.pipeline import InputError
+    from napari_etdms.engine.tiling import Cancelled
+    from napari_etdms.weights import WeightsError
 
     if hasattr(args, "no_sr"):  # a command that runs the pipeline: its settings checked once, before any work
         try:
@@ -668,6 +673,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLE_DIR = Path(__file__).resolve().parent
 SAMPLES = {
     "superalloy": "nasa_superalloy_spot3_0d_3.png",
     "coating": "nasa_ebc_032919-6_100cyc0007.png",

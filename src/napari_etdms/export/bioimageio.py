@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .intensity import HIGH_PERCENTILE, LOW_PERCENTILE
-from .noise import NoiseModel, frame_noise
-from .weights import ADAPTATION_RECORD, MANIFEST, WeightsEntry, load_state, resolve, sha256_of
+from napari_etdms import __version__
+from napari_etdms.stage1.intensity import HIGH_PERCENTILE, LOW_PERCENTILE
+from napari_etdms.stage1.noise import NoiseModel, frame_noise
+from napari_etdms.weights import ADAPTATION_RECORD, MANIFEST, WeightsEntry, load_state, resolve, sha256_of
 
 ARCHITECTURE_FILE = "etdms_denoiser.py"
 STATE_FILE = "denoiser_state_dict.pt"
@@ -368,8 +368,8 @@ def checked_noise(noise: NoiseModel) -> NoiseModel:
 
 def read_first_frame(path: str | os.PathLike) -> np.ndarray:
     """The frame of an image file (the first slice of a stack), checked as a run checks it."""
-    from .io import read_frame
-    from .pipeline import prepare_frame
+    from napari_etdms.engine.pipeline import prepare_frame
+    from napari_etdms.io import read_frame
 
     data = read_frame(path).data
     if data.ndim == 3 and data.shape[-1] not in (3, 4):
@@ -380,8 +380,8 @@ def read_first_frame(path: str | os.PathLike) -> np.ndarray:
 def _adaptation_frames(entry: WeightsEntry) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """The frames `etdms adapt` was given, read back from the files adaptation.json records
     (each checked against its sha256), and why the others could not be used."""
-    from .io import read_frame
-    from .pipeline import prepare_frame
+    from napari_etdms.engine.pipeline import prepare_frame
+    from napari_etdms.io import read_frame
 
     record_path = entry.folder / ADAPTATION_RECORD
     try:
@@ -631,7 +631,7 @@ def export_model(weights: str | os.PathLike | None, output: str | os.PathLike, n
     if chosen.frame is not None:
         example, example_name = chosen.frame, chosen.frame_name
     else:
-        from .samples import sample_path
+        from napari_etdms.samples import sample_path
 
         example, example_name = read_first_frame(sample_path("superalloy")), "the bundled sample 'superalloy'"
     crop = centre_crop(example).astype(np.float32)

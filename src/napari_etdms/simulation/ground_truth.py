@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .intensity import IntensityMap
-from .io import read_frame
+from napari_etdms.io import read_frame
+from napari_etdms.stage1.intensity import IntensityMap
 
 
 def load_normalised(path: Path) -> np.ndarray:
     """One frame on [0, 1] by its robust range; grey stored as RGB(A) is taken as grey, and
     anything else that is not one greyscale frame (colour, stacks, tiny) is a clear error."""
-    from .pipeline import InputError, prepare_frame
+    from napari_etdms.engine.pipeline import InputError, prepare_frame
 
     try:
         data = prepare_frame(read_frame(path).data)

@@ -140,7 +140,7 @@ def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ZARR_SUFFIX and path.is_dir():
-        from .zarr_io import read_ome_zarr
+        from napari_etdms.io.ome_zarr import read_ome_zarr
 
         return read_ome_zarr(path, max_pixels)
     if not path.is_file():
@@ -680,7 +680,7 @@ def read_provenance(path: str | os.PathLike) -> dict:
     import tifffile
 
     if Path(path).suffix.lower() == ZARR_SUFFIX:
-        from .zarr_io import multiscale_layer
+        from napari_etdms.io.ome_zarr import multiscale_layer
 
         _, pixel_size_nm, provenance = multiscale_layer(Path(path))  # lazy: nothing is decoded
         return {"provenance": provenance, "pixel_size_nm": pixel_size_nm}

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
-from .bands import (
+from napari_etdms import __version__
+from napari_etdms.config import ModelConfig, model_config
+from napari_etdms.diffusion import DEFAULT_PRESET, default_steps, make_sampler
+from napari_etdms.engine.bands import (
     ArrayFactory,
     BandedChain,
     DrawStatistics,
@@ -31,18 +33,16 @@ from .bands import (
     row_bands,
     upsample_rows,
 )
-from .config import ModelConfig, model_config
-from .denoise import apply_denoiser
-from .diffusion import DEFAULT_PRESET, default_steps, make_sampler
-from .intensity import SIGNAL_SMOOTHING, IntensityMap
-from .metrics import block_means_psnr
-from .models import build_clsr, build_denoiser, tile_inputs
-from .models.clsr import SCALE, reliability_step
-from .noise import NoiseModel, Stabiliser, frame_noise
-from .runtime import Precision, architecture_key, choose_precision, forward_probe, select_device
-from .settings import DEFAULTS, RunSettings
-from .tiling import Cancelled, TileGrid, blend_tiles
-from .weights import WeightsEntry, load_state, resolve
+from napari_etdms.engine.settings import DEFAULTS, RunSettings
+from napari_etdms.engine.tiling import Cancelled, TileGrid, blend_tiles
+from napari_etdms.evaluation.metrics import block_means_psnr
+from napari_etdms.models import build_clsr, build_denoiser, tile_inputs
+from napari_etdms.models.clsr import SCALE, reliability_step
+from napari_etdms.runtime import Precision, architecture_key, choose_precision, forward_probe, select_device
+from napari_etdms.stage1.denoise import apply_denoiser
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.stage1.noise import NoiseModel, Stabiliser, frame_noise
+from napari_etdms.weights import WeightsEntry, load_state, resolve
 
 MIN_SIDE = 8
 # Stage 1 sees this much of the frame around each tile and keeps only the tile: its output

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .diffusion import SAMPLERS
-from .models.clsr import SCALE
+from napari_etdms.diffusion import SAMPLERS
+from napari_etdms.models.clsr import SCALE
 
 MAX_STRENGTH = 4.0
 MIN_TILE = 16

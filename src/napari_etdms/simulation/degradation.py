@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from .config import _Strict
-from .noise import NoiseModel
+from napari_etdms.config import _Strict
+from napari_etdms.stage1.noise import NoiseModel
 
 SCALE = 4
 
