@@ -18,7 +18,8 @@ import numpy as np
 
 from napari_etdms.engine.pipeline import Pipeline
 from napari_etdms.engine.settings import RunSettings
-from napari_etdms.evaluation.sweep import centre_crop, evaluate_frame, summarise
+from napari_etdms.evaluation import centre_crop
+from napari_etdms.evaluation.sweep import evaluate_frame, summarise
 from napari_etdms.runtime import describe, machine_report, use_threads
 from napari_etdms.simulation.degradation import DegradationConfig
 from napari_etdms.simulation.ground_truth import load_normalised, validation_frames

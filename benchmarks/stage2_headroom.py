@@ -26,8 +26,8 @@ import torch
 from napari_etdms.diffusion.target import upsample_condition
 from napari_etdms.engine.bands import project_onto_low_res
 from napari_etdms.engine.pipeline import Pipeline
+from napari_etdms.evaluation import centre_crop
 from napari_etdms.evaluation.metrics import frc_resolution, matched_psnr
-from napari_etdms.evaluation.sweep import centre_crop
 from napari_etdms.runtime import describe, machine_report, use_threads
 from napari_etdms.simulation.degradation import DegradationConfig, degrade
 from napari_etdms.simulation.ground_truth import load_normalised, validation_frames

@@ -28,8 +28,10 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from napari_etdms import Pipeline  # noqa: E402
+from napari_etdms.evaluation import centre_crop
 from napari_etdms.evaluation.metrics import match_to_reference, uncertainty_calibration  # noqa: E402
-from napari_etdms.evaluation.sweep import centre_crop, dose_degradation, dose_label, parse_doses  # noqa: E402
+from napari_etdms.evaluation.protocol import parse_doses  # noqa: E402
+from napari_etdms.evaluation.sweep import dose_degradation, dose_label
 from napari_etdms.runtime import describe, machine_report, use_threads  # noqa: E402
 from napari_etdms.simulation.degradation import degrade  # noqa: E402
 from napari_etdms.simulation.ground_truth import load_ground_truth, validation_frames  # noqa: E402

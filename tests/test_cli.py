@@ -107,10 +107,11 @@ def test_info_lists_versions_and_weights(capsys):
 
 @pytest.mark.parametrize("flag, expected", [([], None), (["--consistency"], True), (["--no-consistency"], False)])
 def test_data_consistency_flag_defaults_to_the_preset(flag, expected):
-    from napari_etdms.cli import _run_options, build_parser
+    from napari_etdms.cli import build_parser
+    from napari_etdms.cli.common import run_options
 
     args = build_parser().parse_args(["infer", "-o", "out", *flag])
-    assert _run_options(args)["data_consistency"] is expected
+    assert run_options(args)["data_consistency"] is expected
 
 
 @pytest.mark.parametrize("option, message", [(["--tile", "18"], "tile must be a multiple of 4"),

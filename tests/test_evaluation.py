@@ -13,16 +13,8 @@ from napari_etdms.cli import main
 from napari_etdms.engine.settings import RunSettings
 from napari_etdms.evaluation import baselines
 from napari_etdms.evaluation.metrics import consistency_psnr, frc_resolution, matched_psnr, matched_ssim, nrmse
-from napari_etdms.evaluation.sweep import (
-    CLEAN,
-    METHODS,
-    dose_degradation,
-    parse_doses,
-    pick_frames,
-    read_sigma_for_dose,
-    run_evaluation,
-    source_of,
-)
+from napari_etdms.evaluation.protocol import CLEAN, METHODS, parse_doses, read_sigma_for_dose, source_of
+from napari_etdms.evaluation.sweep import dose_degradation, pick_frames, run_evaluation
 from napari_etdms.simulation.degradation import DegradationConfig, degrade_with_details
 from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
 

@@ -59,7 +59,8 @@ def test_write_is_atomic_keeps_pixel_size_and_never_overwrites(tmp_path):
 def test_written_files_follow_the_umask_like_any_new_file(tmp_path):
     import os
 
-    from napari_etdms.io import _UMASK, write_file_atomically
+    from napari_etdms.io import write_file_atomically
+    from napari_etdms.io.files import _UMASK
 
     path = write_file_atomically(tmp_path / "out.txt", lambda tmp: Path(tmp).write_text("x"))
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~_UMASK  # mkstemp alone gives 0600: colleagues could not read

@@ -9,7 +9,7 @@ from conftest import sem_like
 from napari_etdms.engine.settings import RunSettings
 from napari_etdms.plugin import worker as worker_module
 from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
-from napari_etdms.plugin.widget import _pyramid
+from napari_etdms.plugin.output_layers import pyramid
 from napari_etdms.plugin.worker import Job, run_job
 
 
@@ -30,7 +30,7 @@ def test_large_outputs_become_pyramids_that_fit_a_texture():
     assert pyramid_levels((16384, 100)) == 1
     assert pyramid_levels((16385, 100)) == 2
     assert pyramid_levels((70000, 10)) == 4
-    levels = _pyramid(np.ones((40, 36), np.float32), 3)
+    levels = pyramid(np.ones((40, 36), np.float32), 3)
     assert [lv.shape for lv in levels] == [(40, 36), (20, 18), (10, 9)]
     assert all(lv.dtype == np.float32 for lv in levels)
 

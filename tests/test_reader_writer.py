@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_etdms.io import (
-    ReadError,
-    detect_databar,
-    parse_tescan_metadata,
-    read_frame,
-    read_provenance,
-    write_tiff,
-    zeiss_pixel_size_nm,
-)
+from napari_etdms.io import ReadError, detect_databar, read_frame, read_provenance, write_tiff
+from napari_etdms.io.tescan import parse_tescan_metadata
+from napari_etdms.io.zeiss import zeiss_pixel_size_nm
 from napari_etdms.plugin.reader import napari_get_reader, read_sem
 from napari_etdms.plugin.sample_data import coating_sample, superalloy_sample
 from napari_etdms.plugin.writer import write_sem_tiff

@@ -433,7 +433,7 @@ def test_the_dock_fits_beside_the_canvas_in_naparis_default_window(make_napari_v
 
 
 def adapt_and_wait(qtbot, widget, timeout=300_000):
-    widget.adapt_button.clicked()
+    widget.adapt_panel.button.clicked()
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
@@ -455,12 +455,12 @@ def test_adapt_to_this_image_adds_the_weights_chooses_them_and_run_uses_them(spi
 
     viewer, widget, layer, original = spiky_layer
     widget.weights.value = "etdms-sem-v2"  # the shipped weights: spikes are not in their noise model
-    widget.adapt_steps.value = 2
+    widget.adapt_panel.steps.value = 2
     adapt_and_wait(qtbot, widget)
     adapted = widget.weights.value
     assert adapted.startswith("adapted-spiky-") and adapted in widget.weights.choices, widget.status.value
     assert (user_folder() / adapted / "adaptation.json").is_file()
-    assert widget.adapt_button.text == "Adapt to this image" and widget.run_button.enabled
+    assert widget.adapt_panel.button.text == "Adapt to this image" and widget.run_button.enabled
     assert np.array_equal(layer.data, original)
     widget.super_resolve.value = False
     run_and_wait(qtbot, widget, timeout=120_000)
@@ -472,15 +472,15 @@ def test_cancel_adapting_writes_no_weights(spiky_layer, qtbot):
     from napari_etdms.weights import user_folder
 
     _, widget, _, _ = spiky_layer
-    widget.adapt_steps.value = 100_000  # far more than can end before the cancel below
-    widget.adapt_button.clicked()
+    widget.adapt_panel.steps.value = 100_000  # far more than can end before the cancel below
+    widget.adapt_panel.button.clicked()
     qtbot.waitUntil(lambda: widget.progress_bar.value >= 2, timeout=60_000)
-    assert widget.adapt_button.text == "Cancel" and not widget.run_button.enabled
-    widget.adapt_button.clicked()
+    assert widget.adapt_panel.button.text == "Cancel" and not widget.run_button.enabled
+    widget.adapt_panel.button.clicked()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert widget.status.value == "adapting cancelled" and widget.weights.value == "tiny-test"
     assert not user_folder().exists() or list(user_folder().iterdir()) == []
-    assert widget.adapt_button.text == "Adapt to this image" and widget.run_button.enabled
+    assert widget.adapt_panel.button.text == "Adapt to this image" and widget.run_button.enabled
 
 
 def test_adapting_on_a_frame_too_small_says_why(setup, qtbot, monkeypatch, tmp_path):
@@ -488,4 +488,4 @@ def test_adapting_on_a_frame_too_small_says_why(setup, qtbot, monkeypatch, tmp_p
     _, widget, _, _ = setup  # a 40x48 frame
     adapt_and_wait(qtbot, widget)
     assert widget.status.value.startswith("error:") and "too small to adapt on" in widget.status.value
-    assert widget.adapt_button.text == "Adapt to this image" and not widget.running
+    assert widget.adapt_panel.button.text == "Adapt to this image" and not widget.running

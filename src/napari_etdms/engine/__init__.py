@@ -1,0 +1,33 @@
+"""The engine: one frame through stage 1 and stage 2, and batches of frames.
+
+- `settings`: `RunSettings`, the one set of run defaults (the CLI and the widget share them)
+- `tiling`: a frame cut into overlapping tiles and blended back (a callable plus inputs)
+- `bands`: stage 2 over bands of rows (the diffusion chain, the one-evaluation mean), data consistency
+- `pipeline`: `Pipeline`: plan, stage 1, stage 2, describe (the provenance)
+- `batch`: files in, each input's outputs written as one set; serially or on a dask cluster
+"""
+
+from napari_etdms.engine.batch import (
+    FILE_ERRORS,
+    OUTPUT_NAMES,
+    BatchProgress,
+    BatchSettings,
+    FileJob,
+    FileReporter,
+    OutputFolderError,
+    check_output_folder,
+    input_files,
+    plan,
+    process_file,
+    run_distributed,
+    run_files,
+    run_serially,
+)
+from napari_etdms.engine.pipeline import InputError, Pipeline, Result
+from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.engine.tiling import Cancelled
+
+__all__ = ["BatchProgress", "BatchSettings", "Cancelled", "DEFAULTS", "FILE_ERRORS", "FileJob", "FileReporter",
+           "InputError", "MAX_STRENGTH", "MIN_TILE", "OUTPUT_NAMES", "OutputFolderError", "Pipeline", "Result",
+           "RunSettings", "check_output_folder", "input_files", "plan", "process_file", "run_distributed", "run_files",
+           "run_serially"]

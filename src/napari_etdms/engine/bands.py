@@ -25,6 +25,7 @@ from napari_etdms.diffusion.samplers import Sampler
 from napari_etdms.diffusion.target import from_target, to_target, upsample_condition
 from napari_etdms.engine.tiling import TileGrid, taper
 from napari_etdms.models.clsr import LOG_VARIANCE_RANGE, SCALE
+from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
 
 NOISE_BLOCK = 256  # x4 px
 BAND_ROWS = 256  # x4 rows per band in the passes that are not tied to the tile grid (a multiple of SCALE)
@@ -238,6 +239,19 @@ class DrawStatistics:
 # regression has learnt to correct. Chosen among 0.05, 0.1, 0.2 and a full projection on 8
 # validation frames, plain and full degradation (the v3 model card).
 CONSISTENCY_LEVEL = 0.1
+
+
+def block_means_psnr(low_res, block_means) -> float:
+    """Data consistency from the x4 frame's block means (one per low-res pixel): their PSNR against
+    the low-res frame, over the range of its signal (`evaluation.metrics.consistency_psnr` for
+    whole frames; this form serves x4 frames held on disk)."""
+    # band by band in float64, and the fit on the frame as given: no whole-frame float64 copies
+    low, means = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in (low_res, block_means))
+    squares = sum(float(np.sum((means[top : top + 256].astype(np.float64) - low[top : top + 256]) ** 2))
+                  for top in range(0, low.shape[0], 256))
+    mse = squares / low.size
+    signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
+    return float(10 * np.log10(max(signal.high - signal.low, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")
 
 
 def consistency_weight(level: float) -> float:

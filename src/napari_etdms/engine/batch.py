@@ -10,9 +10,10 @@ Outputs are TIFFs, or OME-Zarr images (`output_format="zarr"`, the default for O
 inputs): then the x4 arrays, and stage 2's state, live on disk while the file runs, in a
 hidden work folder inside the output folder, and the process holds bands, not frames.
 
-The files run here one after another, or as one task per file on a `dask.distributed`
-cluster (`run_distributed`): each worker process loads the model once and writes the
-outputs itself, so the output folder must be one the workers can reach (a shared drive).
+The files run here one after another (`run_files`), or as one task per file on a
+`dask.distributed` cluster (`run_distributed`); either tells a `FileReporter` as each file ends.
+On a cluster each worker process loads the model once and writes the outputs itself, so the
+output folder must be one the workers can reach (a shared drive).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from napari_etdms.engine.pipeline import Pipeline, Result
 from napari_etdms.engine.settings import DEFAULTS, RunSettings
@@ -284,11 +285,28 @@ def process_file(job: FileJob, batch: BatchSettings, pipeline: Pipeline | None =
             f"(noise: {result.noise.describe(mapped['low'], mapped['high'])})")
 
 
-def run_distributed(jobs: list[FileJob], batch: BatchSettings, client,
-                    report: Callable[[Path, str | None, BaseException | None], None]) -> int:
-    """One task per file on a dask.distributed `client`; `report(source, line, error)` as
-    each file finishes (in the order they finish). Returns the number of failed files: a
-    failing file, even a worker lost on it, is reported and the others go on."""
+class FileReporter(Protocol):
+    """What a batch of files tells its caller (the CLI prints it; a test counts it)."""
+
+    def started(self, job: FileJob) -> Callable[[int, int, str], None] | None:
+        """A file starts: the callable, if any, gets its progress (done, total, stage)."""
+
+    def finished(self, job: FileJob, line: str | None, error: BaseException | None) -> None:
+        """A file ended: its result line, or the error that failed it (the others go on)."""
+
+
+def run_files(jobs: list[FileJob], batch: BatchSettings, reporter: FileReporter, pipeline: Pipeline | None = None
+              ) -> int:
+    """The files one after another in this process; returns the number that failed."""
+    lines = run_serially(jobs, lambda job, _: process_file(job, batch, pipeline, reporter.started(job)),
+                         reporter.finished)
+    return sum(line is None for line in lines)
+
+
+def run_distributed(jobs: list[FileJob], batch: BatchSettings, client, reporter: FileReporter) -> int:
+    """One task per file on a dask.distributed `client`, reported as each file finishes (in the
+    order they finish). Returns the number of failed files: a failing file, even a worker lost
+    on it, is reported and the others go on."""
     from distributed import as_completed
 
     # absolute paths: a worker resolves relative ones against its own working folder
@@ -300,8 +318,8 @@ def run_distributed(jobs: list[FileJob], batch: BatchSettings, client,
     for future in as_completed(futures):
         job = futures[future]
         try:
-            report(job.source, future.result(), None)
+            reporter.finished(job, future.result(), None)
         except Exception as err:  # raised on a worker, or the worker died
             failures += 1
-            report(job.source, None, err)
+            reporter.finished(job, None, err)
     return failures

@@ -28,6 +28,7 @@ from napari_etdms.engine.bands import (
     DrawStatistics,
     MemoryArrays,
     PredictedMean,
+    block_means_psnr,
     consistency_weight,
     read_rows,
     row_bands,
@@ -35,7 +36,6 @@ from napari_etdms.engine.bands import (
 )
 from napari_etdms.engine.settings import DEFAULTS, RunSettings
 from napari_etdms.engine.tiling import Cancelled, TileGrid, blend_tiles
-from napari_etdms.evaluation.metrics import block_means_psnr
 from napari_etdms.models import build_clsr, build_denoiser, tile_inputs
 from napari_etdms.models.clsr import SCALE, reliability_step
 from napari_etdms.runtime import Precision, architecture_key, choose_precision, forward_probe, select_device

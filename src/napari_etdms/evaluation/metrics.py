@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_etdms.stage1.intensity import SIGNAL_SMOOTHING, IntensityMap
+from napari_etdms.engine.bands import block_means_psnr
 
 
 def _numpy(a) -> np.ndarray:
@@ -97,17 +97,6 @@ def consistency_psnr(low_res, high_res) -> float:
     if high.shape != (low.shape[0] * scale, low.shape[1] * scale):
         raise ValueError(f"high-res {high.shape} is not a whole multiple of low-res {low.shape}")
     return block_means_psnr(low, high.reshape(low.shape[0], scale, low.shape[1], scale).mean(axis=(1, 3)))
-
-
-def block_means_psnr(low_res, block_means) -> float:
-    """`consistency_psnr` from the upsampled frame's block means (for x4 frames held on disk)."""
-    # band by band in float64, and the fit on the frame as given: no whole-frame float64 copies
-    low, means = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in (low_res, block_means))
-    squares = sum(float(np.sum((means[top : top + 256].astype(np.float64) - low[top : top + 256]) ** 2))
-                  for top in range(0, low.shape[0], 256))
-    mse = squares / low.size
-    signal = IntensityMap.fit(low, smoothing=SIGNAL_SMOOTHING)
-    return float(10 * np.log10(max(signal.high - signal.low, 1e-12) ** 2 / mse)) if mse > 0 else float("inf")
 
 
 FRC_THRESHOLD = 1.0 / 7.0

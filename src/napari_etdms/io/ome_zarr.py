@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_etdms.io import ZARR_SUFFIX, Frame, ReadError, check_pixel_count, length_nm, to_jsonable
+from napari_etdms.io.frame import ZARR_SUFFIX, Frame, ReadError, check_pixel_count
+from napari_etdms.io.units import length_nm, to_jsonable
 
 CHUNK = 512  # px, outputs' chunk side
 STATE_CHUNK = (256, 4096)  # scratch arrays are read and written in full-width bands of rows

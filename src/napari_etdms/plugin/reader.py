@@ -44,7 +44,7 @@ def read_sem(path) -> list[tuple]:
 
 def ome_zarr_layer(path: Path) -> tuple:
     """A multiscale layer of lazy (dask) levels: napari reads only the tiles it shows."""
-    from napari_etdms.io.ome_zarr import multiscale_layer, zarr_stem
+    from napari_etdms.io import multiscale_layer, zarr_stem
 
     levels, px, provenance = multiscale_layer(path)
     kwargs = {"name": zarr_stem(path), "multiscale": len(levels) > 1, "scale": (px, px) if px else (1.0, 1.0),

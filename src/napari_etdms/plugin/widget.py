@@ -1,15 +1,15 @@
 """The ETDMS dock widget: a thin Qt layer over the pipeline.
 
-It snapshots the chosen layer on the main thread, runs the job in a napari generator
-worker (GUI stays responsive), shows progress in the widget and in napari's activity
-panel, turns Run into Cancel while working, and adds the outputs as layers that overlay
-the input exactly. Viewer and layers are only touched on the main thread.
+The form (this module) snapshots the chosen layer on the main thread and starts the job;
+`jobs` runs it in a napari generator worker (the GUI stays responsive) with its progress in
+the dock and napari's activity panel; `output_layers` adds the outputs as layers that overlay
+the input exactly; `compare` shows them side by side; `adapt_panel` adapts stage 1 to the
+image. Viewer and layers are only touched on the main thread.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -27,34 +27,23 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QSettings, QSize, Qt, QTimer
+from qtpy.QtCore import QSettings, QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from napari_etdms import __version__
 from napari_etdms.diffusion import DEFAULT_PRESET, SAMPLERS
-from napari_etdms.engine.pipeline import Result
-from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.engine import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.plugin.adapt_panel import AdaptPanel
 from napari_etdms.plugin.compare import CompareView
-from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
-from napari_etdms.plugin.worker import AdaptJob, Job, adapt_job, run_job
-from napari_etdms.training.adapt import DEFAULT_MINUTES
-from napari_etdms.training.adapt import SETTINGS as ADAPT_SETTINGS
-from napari_etdms.weights import DEFAULT_WEIGHTS, available, user_folder
+from napari_etdms.plugin.jobs import JobControls
+from napari_etdms.plugin.output_layers import add_output_layers, is_output
+from napari_etdms.plugin.worker import Job, adapt_job, run_job
+from napari_etdms.weights import DEFAULT_WEIGHTS, available
 
 LOCAL_FILE = "local weights file..."
 SAMPLES_TIP = "more than 1 adds the mean and a per-pixel uncertainty (std) layer"
 ONE_EVALUATION = "these weights' stage 2 is one evaluation per tile (the posterior mean): no sampler, steps or seed"
 REGIONS = ("whole frame", "current view", "shapes rectangle")
 SLICES = ("current slice", "all slices")
-OUTPUTS = {  # Result field -> layer name suffix
-    "denoised": "denoised",
-    "super_resolved": "ETDMS x4",
-    "bicubic_input": "bicubic x4",
-    "bicubic_denoised": "denoised bicubic x4",
-    "std": "ETDMS x4 std",
-}
-# Compare: the grid's panels, in this order, after the input
-COMPARED = ("denoised", "super_resolved", "bicubic_input", "std")
 # The dock's width, so that it fits beside the canvas in napari's default window (about
 # 1090 x 640 px): long text wraps or is elided, and the form scrolls rather than forcing the
 # window taller.
@@ -63,6 +52,7 @@ COMBO_MIN_CHARS = 8  # a combo box shows this many characters; longer names are 
 PERSISTED = ("denoise", "strength", "super_resolve", "weights", "device", "sampler", "steps", "seed", "samples",
              "data_consistency", "region", "tile", "overlap", "batch_size", "precision", "adapt_minutes",
              "adapt_steps")
+ADAPT_FIELDS = {"adapt_minutes": "minutes", "adapt_steps": "steps"}  # persisted names -> AdaptPanel fields
 
 
 def detected_summary(devices: list[str]) -> tuple[str, str]:
@@ -103,20 +93,12 @@ class ETDMSWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
-        self._cancel: threading.Event | None = None
-        self._progress = None  # napari.utils.progress in the activity panel
-        self._latest = None  # newest progress event, drawn by the timer
         self._image_pinned = False  # the user chose an image: stop following the layer selection
         self._following = False  # the widget, not the user, is setting the image choice
         self._compared: list[str] = []  # the last run's input and output layer names
         self.compare = CompareView(viewer)
-        self._action_button = None  # Run or Adapt, while its job runs (it reads "Cancel")
-        self._idle_text = ""
-        self._timer = QTimer(self)
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._show_progress)
         self._build()
+        self.jobs = JobControls(self, [self.run_button, self.adapt_panel.button], self.progress_bar, self.status)
         self._restore_settings()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
@@ -160,21 +142,12 @@ class ETDMSWidget(QWidget):
                                   tooltip="0: automatic (8 on a CUDA GPU, else 1)")
         self.precision = ComboBox(label="precision", choices=("auto", "float32", "bfloat16", "float16"),
                                   value="auto", visible=False)
-        self.adapt_minutes = FloatSpinBox(label="adapt budget (min)", min=0.05, max=600, step=0.5,
-                                          value=DEFAULT_MINUTES, visible=False)
-        self.adapt_steps = SpinBox(label="adapt steps", min=1, max=100000, value=ADAPT_SETTINGS.iterations,
-                                   visible=False, tooltip="the most training steps adapting takes (the budget "
-                                                          "above may end it sooner)")
+        self.adapt_panel = AdaptPanel()
         self.run_button = PushButton(text="Run")
         self.compare_button = PushButton(
             text="Compare", enabled=False,
             tooltip="the input and the last run's outputs side by side (one linked view, matched contrast); "
                     "press again to return to the overlay")
-        self.adapt_button = PushButton(
-            text="Adapt to this image",
-            tooltip="fine-tune the denoiser of the chosen weights on this image's own noise (a few minutes, no "
-                    "clean frame needed); the adapted weights are added to the list and chosen if they denoise "
-                    "held-out rows of the image better")
         self.progress_bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.form = Container()  # filled once built: magicgui then aligns the labels in one column
@@ -184,8 +157,8 @@ class ETDMSWidget(QWidget):
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
             self.data_consistency, self.region,
             self.shapes, self.advanced, self.tile, self.overlap, self.batch_size, self.precision,
-            self.adapt_minutes, self.adapt_steps,
-            self.run_button, self.compare_button, self.adapt_button, self.progress_bar, self.status,
+            self.adapt_panel.minutes, self.adapt_panel.steps,
+            self.run_button, self.compare_button, self.adapt_panel.button, self.progress_bar, self.status,
         ])
         self._fit_the_dock()
         self.advanced.changed.connect(self._toggle_advanced)
@@ -197,7 +170,7 @@ class ETDMSWidget(QWidget):
         self._apply_preset(self.weights.value)
         self.run_button.changed.connect(self._run_or_cancel)
         self.compare_button.changed.connect(self._toggle_compare)
-        self.adapt_button.changed.connect(self._adapt_or_cancel)
+        self.adapt_panel.button.changed.connect(self._adapt_or_cancel)
         self._image_changed(self.image.value)
 
     def _fit_the_dock(self):
@@ -254,7 +227,7 @@ class ETDMSWidget(QWidget):
     def _default_image(self):
         """The selected image layer, else the current choice, else the newest image; never one
         of our outputs."""
-        inputs = [layer for layer in self._image_choices() if not _is_output(layer)]
+        inputs = [layer for layer in self._image_choices() if not is_output(layer)]
         for layer in (self.viewer.layers.selection.active, self.image.value):
             if layer in inputs:
                 return layer
@@ -273,7 +246,8 @@ class ETDMSWidget(QWidget):
                 self._following = False
 
     def _toggle_advanced(self, shown: bool):
-        for w in (self.tile, self.overlap, self.batch_size, self.precision, self.adapt_minutes, self.adapt_steps):
+        for w in (self.tile, self.overlap, self.batch_size, self.precision, self.adapt_panel.minutes,
+                  self.adapt_panel.steps):
             w.visible = shown
 
     def _image_changed(self, layer):
@@ -320,11 +294,16 @@ class ETDMSWidget(QWidget):
         folder = Path(os.environ.get("NAPARI_ETDMS_CONFIG_DIR") or user_config_dir("napari-etdms"))
         return QSettings(str(folder / "dock-widget.ini"), QSettings.Format.IniFormat)
 
+    def _persisted(self, name: str):
+        if name in ADAPT_FIELDS:
+            return getattr(self.adapt_panel, ADAPT_FIELDS[name])
+        return getattr(self, name)
+
     def _restore_settings(self):
         settings = self._settings()
         for name in PERSISTED:
             value = settings.value(name)
-            widget = getattr(self, name)
+            widget = self._persisted(name)
             if value is None:
                 continue
             try:
@@ -342,18 +321,27 @@ class ETDMSWidget(QWidget):
     def _save_settings(self):
         settings = self._settings()
         for name in PERSISTED:
-            settings.setValue(name, getattr(self, name).value)
+            settings.setValue(name, self._persisted(name).value)
 
     # ---- running -----------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.jobs.running
+
+    def cancel(self):
+        self.jobs.cancel()
 
     def _run_or_cancel(self, _=None):
         if self.running:
             self.cancel()
         else:
             self.run()
+
+    def _adapt_or_cancel(self, _=None):
+        if self.running:
+            self.cancel()
+        else:
+            self.adapt()
 
     def _selected_weights(self) -> str | None:
         if self.weights.value == LOCAL_FILE:
@@ -445,8 +433,8 @@ class ETDMSWidget(QWidget):
         job = Job(frames, weights, self.device.value, self.precision.value, settings, noise_frames)
         context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
                    "region": self.region.value, "noise_from_whole": noise_frames is not None}
-        self._start(lambda cancel: run_job(job, cancel), lambda outcome: self._finish(outcome, context),
-                    self.run_button, "loading weights...")
+        self.jobs.start(lambda cancel: run_job(job, cancel), lambda outcome: self._finish(outcome, context),
+                        self.run_button, "loading weights...")
 
     def adapt(self):
         """Adapt stage 1 of the chosen weights to the chosen image (the "Adapt to this image"
@@ -461,78 +449,15 @@ class ETDMSWidget(QWidget):
         except ValueError as err:
             show_error(f"ETDMS: {err}")
             return
-        frames = [np.array(layer.data if i is None else layer.data[i]) for i in self._planes(layer)[0]]
+        job = self.adapt_panel.job(layer, self._planes(layer)[0], base, self.device.value, self.precision.value)
         self._save_settings()
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in layer.name)[:40]
-        # training has no float16 (no loss scaling): that choice adapts in the automatic precision
-        precision = "auto" if self.precision.value == "float16" else self.precision.value
-        job = AdaptJob(frames, layer.name, base, user_folder() / f"adapted-{safe}-{stamp}", self.device.value,
-                       float(self.adapt_minutes.value), int(self.adapt_steps.value), precision)
-        self._start(lambda cancel: adapt_job(job, cancel), self._finish_adapting, self.adapt_button,
-                    "adapting: preparing the frames...")
-
-    def _start(self, make_job, finish, button, status: str):
-        """Run `make_job(cancel)` (a generator of Progress) in napari's worker; `button` turns
-        into Cancel meanwhile, the other action is disabled; `finish(outcome)` on completion."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
-
-        self._cancel = threading.Event()
-        outcome: dict = {}
-        self.worker = create_worker(_collect, make_job(self._cancel), outcome)
-        self._progress = progress(total=0, desc="ETDMS")
-        self.worker.yielded.connect(self._on_progress)
-        cancel = self._cancel
-        self.worker.aborted.connect(lambda: cancel.set())  # napari's task manager may quit the worker
-        # One completion handler, on `finished`: Qt may deliver `returned` after `finished`.
-        self.worker.finished.connect(lambda: finish(outcome))
-        self._action_button = button
-        self._idle_text = button.text
-        button.text = "Cancel"
-        for other in (self.run_button, self.adapt_button):
-            other.enabled = other is button
-        self.progress_bar.visible = True
-        self.progress_bar.value = 0
-        self.status.value = status
-        self._timer.start()
-        self.worker.start()
-
-    def cancel(self):
-        if self._cancel is not None:
-            self._cancel.set()
-            self.status.value = "cancelling..."
-            self._action_button.enabled = False
-
-    def _adapt_or_cancel(self, _=None):
-        if self.running:
-            self.cancel()
-        else:
-            self.adapt()
-
-    def _on_progress(self, p):
-        # Only remember the event: the timer draws it on the main thread, so a late or
-        # cross-thread delivery can never overwrite the final status.
-        self._latest = p
-
-    def _show_progress(self):
-        p, self._latest = self._latest, None
-        if p is None or not self.running:
-            return
-        self.progress_bar.max = p.total
-        self.progress_bar.value = p.done
-        if self._progress is not None:
-            self._progress.total = p.total * p.frames
-            self._progress.n = p.frame * p.total + p.done
-            self._progress.set_description(f"ETDMS {p.stage}")
-        eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
-        frame = f"slice {p.frame + 1}/{p.frames} " if p.frames > 1 else ""
-        self.status.value = f"{frame}{p.stage}: {p.done}/{p.total}{eta}"
+        self.jobs.start(lambda cancel: adapt_job(job, cancel),
+                        lambda outcome: self.adapt_panel.finish(outcome, self.weights, self.status),
+                        self.adapt_panel.button, "adapting: preparing the frames...")
 
     def _finish(self, outcome: dict, context: dict):
         from napari.utils.notifications import show_error, show_info
 
-        self._reset()
         if "error" in outcome:
             show_error(f"ETDMS failed: {outcome['error']}")
             self.status.value = f"error: {outcome['error']}"
@@ -540,93 +465,16 @@ class ETDMSWidget(QWidget):
             show_info("ETDMS: cancelled; no layers were added or changed")
             self.status.value = "cancelled"
         else:
-            self._add_outputs(outcome["results"], context)
+            self._show_outputs(outcome["results"], context)
 
-    def _finish_adapting(self, outcome: dict):
-        from napari.utils.notifications import show_error, show_info
-
-        self._reset()
-        result = outcome.get("results")
-        if "error" in outcome:
-            show_error(f"ETDMS adapting failed: {outcome['error']}")
-            self.status.value = f"error: {outcome['error']}"
-        elif result is None:
-            show_info("ETDMS: adapting cancelled; no weights were written")
-            self.status.value = "adapting cancelled"
-        elif not result.kept:
-            show_info(f"ETDMS: {result.message}")
-            self.status.value = "the chosen weights fit this image better: nothing added"
-        else:
-            self.weights.reset_choices()
-            self.weights.value = result.entry.name
-            show_info(f"ETDMS: {result.message}")
-            self.status.value = f"adapted weights '{result.entry.name}' chosen: press Run"
-
-    def _reset(self):
-        self._timer.stop()
-        self._latest = None
-        self.worker = None
-        self._cancel = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        if self._action_button is not None:
-            self._action_button.text = self._idle_text
-        for button in (self.run_button, self.adapt_button):
-            button.enabled = True
-        self._action_button = None
-        self.progress_bar.visible = False
-
-    # ---- outputs -----------------------------------------------------------------------
-    def _add_outputs(self, results: list[Result], context: dict):
-        layer = context["layer"]
-        seconds = time.monotonic() - context["started"]
-        for field_name, suffix in OUTPUTS.items():
-            frames = [getattr(r, field_name) for r in results]
-            if frames[0] is None:
-                continue
-            data = frames[0] if len(frames) == 1 else np.stack(frames)
-            provenance = results[0].metadata | {
-                "input_layer": layer.name,
-                "output": field_name,
-                "region": {"mode": context["region"], "offset_px": list(context["offset"]),
-                           "shape_px": list(results[0].bicubic_input.shape[-2:])},
-                "slice": context["slice"],
-                "noise_estimated_on": "whole slice" if context["noise_from_whole"] else "processed frame",
-                "wall_time_s": round(seconds, 2),
-                "plugin": f"napari-etdms {__version__}",
-            }
-            self._add_or_update(layer, f"{layer.name} {suffix}", data, field_name, context, provenance)
-        self.status.value = f"done in {seconds:.1f} s"
-        self._compared = [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED
-                                         if getattr(results[0], f) is not None]
+    def _show_outputs(self, results: list, context: dict):
+        self._compared = add_output_layers(self.viewer, results, context)
+        self.status.value = f"done in {time.monotonic() - context['started']:.1f} s"
         self.compare_button.enabled = len(self._compared) > 1
         mapped = results[0].metadata["intensity_map"]
         where = "whole slice" if context.get("noise_from_whole") else "processed frame"
         self.noise_info.value = f"noise ({where}): {results[0].noise.describe(mapped['low'], mapped['high'])}"
         self.device_info.value, self.device_info.tooltip = ran_on(results[0].metadata)
-
-    def _add_or_update(self, layer, name, data, field_name, context, provenance):
-        scale, translate = list(layer.scale), list(layer.translate)
-        if data.ndim == 2 and layer.ndim == 3:  # one slice of a stack: a 2D layer on that slice's plane
-            scale, translate = scale[1:], translate[1:]
-        scale, translate = region_geometry(scale, translate, context["offset"])
-        if field_name != "denoised":
-            scale, translate = upscaled_geometry(scale, translate, 4)
-        kwargs = dict(scale=scale, translate=translate, metadata=provenance,
-                      units=tuple(layer.units)[-len(scale):], axis_labels=tuple(layer.axis_labels)[-len(scale):])
-        if field_name == "std":
-            kwargs["colormap"] = "magma"
-        else:
-            kwargs["contrast_limits"] = tuple(layer.contrast_limits)
-        levels = pyramid_levels(data.shape)
-        if levels > 1:
-            data = _pyramid(data, levels)
-            kwargs["multiscale"] = True
-        if name in self.viewer.layers:  # re-running replaces the previous outputs of this input
-            self.viewer.layers.remove(name)
-        self.viewer.add_image(data, name=name, **kwargs)
-
 
     # ---- compare --------------------------------------------------------------------------
     def _toggle_compare(self, _=None):
@@ -687,25 +535,3 @@ def _wrapped_note(label: Label) -> None:
     for child in row.findChildren(QLabel, options=Qt.FindChildOption.FindDirectChildrenOnly):
         if child is not native and not child.text():
             child.hide()
-
-
-def _is_output(layer) -> bool:
-    return "napari-etdms" in str(layer.metadata.get("plugin", ""))
-
-
-def _collect(job, outcome: dict):
-    """Relay a job's progress; keep its result or error for the main thread (worker thread)."""
-    try:
-        outcome["results"] = yield from job
-    except Exception as err:  # shown by the widget, with the widget reset
-        outcome["error"] = err
-
-
-def _pyramid(data: np.ndarray, levels: int) -> list[np.ndarray]:
-    out = [data]
-    for _ in range(levels - 1):
-        prev = out[-1]
-        h, w = prev.shape[-2] // 2 * 2, prev.shape[-1] // 2 * 2
-        blocks = prev[..., :h, :w].reshape(*prev.shape[:-2], h // 2, 2, w // 2, 2)
-        out.append(blocks.mean(axis=(-3, -1)).astype(data.dtype))
-    return out

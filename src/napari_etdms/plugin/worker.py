@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_etdms.engine.batch import run_serially
-from napari_etdms.engine.pipeline import InputError, Pipeline, Result
-from napari_etdms.engine.settings import DEFAULTS, RunSettings
-from napari_etdms.engine.tiling import Cancelled
+from napari_etdms.engine import DEFAULTS, Cancelled, InputError, Pipeline, Result, RunSettings, run_serially
 from napari_etdms.runtime import use_threads
-from napari_etdms.stage1.noise import frame_noise
+from napari_etdms.stage1 import frame_noise
 
 
 @dataclass(frozen=True)
@@ -151,10 +148,10 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
     """Generator: adapts stage 1 to the job's frames (`training.adapt`), yields Progress and
     returns the AdaptOutcome, or None when cancelled (then no weights folder is left)."""
     from napari_etdms.runtime import select_device
-    from napari_etdms.training.adapt import DEFAULT_MINUTES, AdaptFrame, adapt, seconds_left, work_folder
+    from napari_etdms.training import DEFAULT_ADAPT_MINUTES, AdaptFrame, adapt, seconds_left, work_folder
 
     started = time.monotonic()
-    minutes = job.minutes or DEFAULT_MINUTES
+    minutes = job.minutes or DEFAULT_ADAPT_MINUTES
 
     def work(report):
         names = [job.name] if len(job.frames) == 1 else [f"{job.name}[{i}]" for i in range(len(job.frames))]

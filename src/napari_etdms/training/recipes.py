@@ -1,5 +1,5 @@
 """What each training stage learns: a recipe is a loss and a validation on batches of crops,
-beside the one training loop of `trainer.py` (resume, EMA, schedule, DDP, logging).
+beside the one training loop of `loop.py` (resume, EMA, schedule, DDP, logging).
 
 Batches are dicts of `CropStream.sample` tensors: `degraded`, `clean_lr`, `clean_hr` and
 `noiseless` on the clean crop's [-1, 1] scale, `noise` and `noise_estimate` (gain, offset of
