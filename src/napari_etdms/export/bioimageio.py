@@ -617,7 +617,7 @@ def export_model(weights: str | os.PathLike | None, output: str | os.PathLike, n
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists: choose another name, or pass --overwrite")
     try:
-        from bioimageio.spec import ValidationContext, save_bioimageio_package
+        from bioimageio.spec import ValidationContext
         from bioimageio.spec.model import v0_5
     except ImportError:
         raise ExportError("exporting needs bioimageio.spec: pip install 'napari-etdms[bioimageio]'") from None
@@ -635,131 +635,151 @@ def export_model(weights: str | os.PathLike | None, output: str | os.PathLike, n
 
         example, example_name = read_first_frame(sample_path("superalloy")), "the bundled sample 'superalloy'"
     crop = centre_crop(example).astype(np.float32)
-    with torch.no_grad():
-        test_output = scripted(torch.from_numpy(to_input_scale(crop))[None, None]).numpy()
-
+    test_image = f"the centre {crop.shape[0]}x{crop.shape[1]} px of {example_name}"
     name = f"ETDMS SEM denoiser {entry.name}"[:128]
     name = "".join(ch if ch.isalnum() or ch in "_+- ()" else "-" for ch in name)
     with tempfile.TemporaryDirectory(prefix="etdms-export-") as tmp:
         tmp = Path(tmp)
-        (tmp / ARCHITECTURE_FILE).write_text(architecture_source())
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
-        (tmp / STATE_FILE).write_bytes(buffer.getvalue())
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-            torch.jit.save(scripted, str(tmp / TORCHSCRIPT_FILE))
-        np.save(tmp / "test_input.npy", crop[None, None])
-        np.save(tmp / "test_output.npy", test_output.astype(np.float32))
-        tifffile.imwrite(tmp / "sample_input.tif", crop)
-        tifffile.imwrite(tmp / "sample_output.tif", test_output[0, 0].astype(np.float32))
-        _cover(to_input_scale(crop), test_output[0, 0], tmp / "cover.png")
-        test_image = f"the centre {crop.shape[0]}x{crop.shape[1]} px of {example_name}"
+        _write_package_files(tmp, entry, chosen, model, scripted, crop)
         (tmp / "README.md").write_text(_documentation(entry, chosen, name, output.name, test_image))
-        attachments = []
-        for extra in (MANIFEST, entry.card, ADAPTATION_RECORD):
-            if extra and (entry.folder / extra).is_file():
-                attachments.append(v0_5.FileDescr(source=entry.folder / extra))
-
-        size = entry.config.swinir
-        kwargs = architecture_kwargs(entry, chosen.model)
-        torch_version = v0_5.Version(torch.__version__.split("+")[0])
-        y_in, x_in = v0_5.AxisId("y"), v0_5.AxisId("x")
-        input_id, output_id = v0_5.TensorId("input"), v0_5.TensorId("output")
-        noise_text = _describe_noise(chosen)
-        inputs = [v0_5.InputTensorDescr(
-            id=input_id,
-            description="one greyscale SEM frame, any intensity units (cast to float32, then scaled by its own "
-                        "0.1 and 99.9 percentiles)",
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("sem")]),
-                  v0_5.SpaceInputAxis(id=y_in, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP)),
-                  v0_5.SpaceInputAxis(id=x_in, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP))],
-            test_tensor=v0_5.FileDescr(source=tmp / "test_input.npy"),
-            sample_tensor=v0_5.FileDescr(source=tmp / "sample_input.tif"),
-            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-            pad=v0_5.ReflectPadding(mode="reflect"),  # explicit: spec 0.5.12 drops an unset mode (read: constant 0)
-            preprocessing=[
-                v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
-                v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
-                    axes=[y_in, x_in], min_percentile=LOW_PERCENTILE, max_percentile=HIGH_PERCENTILE,
-                    eps=SCALE_RANGE_EPS)),
-            ],
-        )]
-        outputs = [v0_5.OutputTensorDescr(
-            id=output_id,
-            description="the denoised frame on the input's [0, 1] scale (0: its 0.1th percentile, 1: its 99.9th)",
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("denoised")]),
-                  v0_5.SpaceOutputAxisWithHalo(id=y_in, halo=HALO, size=v0_5.SizeReference(
-                      tensor_id=input_id, axis_id=y_in)),
-                  v0_5.SpaceOutputAxisWithHalo(id=x_in, halo=HALO, size=v0_5.SizeReference(
-                      tensor_id=input_id, axis_id=x_in))],
-            test_tensor=v0_5.FileDescr(source=tmp / "test_output.npy"),
-            sample_tensor=v0_5.FileDescr(source=tmp / "sample_output.tif"),
-            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-        )]
-        state_weights = v0_5.PytorchStateDictWeightsDescr(
-            source=tmp / STATE_FILE,
-            architecture=v0_5.ArchitectureFromFileDescr(source=tmp / ARCHITECTURE_FILE,
-                                                        callable=v0_5.Identifier("FixedNoiseDenoiser"),
-                                                        kwargs=kwargs),
-            pytorch_version=torch_version,
-            comment=f"{entry.name} stage 1 in its fixed-noise wrapper; noise: {noise_text}",
-        )
-        torchscript_weights = v0_5.TorchscriptWeightsDescr(
-            source=tmp / TORCHSCRIPT_FILE, pytorch_version=torch_version, parent="pytorch_state_dict",
-            comment="torch.jit.script of FixedNoiseDenoiser (etdms_denoiser.py)")
-        provenance = entry.provenance()
-        etdms_config = {
-            "weights": provenance,
-            "noise_model": {"gain": chosen.model.gain, "offset": chosen.model.offset,
-                            "variance": "gain * y + offset", "scale": "y: the model's [0, 1] input scale "
-                            "(scale_range, percentiles 0.1 and 99.9)", "source": chosen.source,
-                            "level": model.sigma} if chosen.model else None,
-            "test_image": test_image,
-            "exported_by": f"napari-etdms {__version__}",
-            "citation": ETDMS_CITATION,
-        }
         with ValidationContext(perform_io_checks=True):
-            description = v0_5.ModelDescr(
-                name=name,
-                description=(f"Denoising (stage 1 of ETDMS, noise-aware SwinIR) of greyscale SEM frames, from the "
-                             f"napari-etdms weights {entry.name} ({entry.short_hash}). Fixed noise model: "
-                             f"{noise_text}. Output on the input's 0.1-99.9 percentile [0, 1] scale.")[:1024],
-                covers=[v0_5.FileDescr(source=tmp / "cover.png")],
-                documentation=v0_5.FileDescr(source=tmp / "README.md"),
-                authors=[v0_5.Author(name="napari-etdms developers")],
-                cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
-                license=v0_5.LicenseId("MIT"),
-                tags=["denoising", "image-restoration", "electron-microscopy", "scanning-electron-microscopy",
-                      "sem", "2d", "pytorch", "torchscript", "deepimagej", "fiji", "imagej", "qupath", "swinir",
-                      "transformer", "materials-science", "napari-etdms"],
-                attachments=attachments,
-                timestamp=v0_5.Datetime(datetime.now(timezone.utc)),
-                inputs=inputs,
-                outputs=outputs,
-                weights=v0_5.WeightsDescr(pytorch_state_dict=state_weights, torchscript=torchscript_weights),
-                config=v0_5.Config(
-                    bioimageio=v0_5.BioimageioConfig(
-                        architecture_type="SwinIR",
-                        architecture_description=(f"noise-aware SwinIR, embed {size.embed_dim}, depths "
-                                                  f"{list(size.depths)}, heads {list(size.num_heads)}, window "
-                                                  f"{size.window_size}, in a fixed-noise Anscombe wrapper"),
-                        modality="scanning electron microscopy", task="denoising",
-                        model_parameter_count=sum(p.numel() for p in model.parameters()),
-                    ),
-                    etdms=etdms_config,
-                ),
-            )
-            output.parent.mkdir(parents=True, exist_ok=True)
-            partial = output.with_name(f".{output.stem}.partial.zip")  # the package appears complete, or not at all
-            try:
-                with warnings.catch_warnings():  # spec 0.5.12 warns while it validates every package it writes
-                    warnings.filterwarnings("ignore", message="Found mapping with 'source'", category=UserWarning)
-                    save_bioimageio_package(description, output_path=partial)
-                os.replace(partial, output)
-            finally:
-                partial.unlink(missing_ok=True)
-    return ExportResult(output, chosen, output.stat().st_size, provenance)
+            description = _model_description(v0_5, tmp, entry, chosen, model, name, test_image)
+            _save_package(description, output)
+    return ExportResult(output, chosen, output.stat().st_size, entry.provenance())
+
+
+def _write_package_files(folder: Path, entry: WeightsEntry, chosen: ExportNoise, model: nn.Module, scripted,
+                         crop: np.ndarray) -> None:
+    """The architecture, both weights formats, the test and sample tensors and the cover."""
+    (folder / ARCHITECTURE_FILE).write_text(architecture_source())
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
+    (folder / STATE_FILE).write_bytes(buffer.getvalue())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        torch.jit.save(scripted, str(folder / TORCHSCRIPT_FILE))
+    with torch.no_grad():
+        test_output = scripted(torch.from_numpy(to_input_scale(crop))[None, None]).numpy()
+    np.save(folder / "test_input.npy", crop[None, None])
+    np.save(folder / "test_output.npy", test_output.astype(np.float32))
+    tifffile.imwrite(folder / "sample_input.tif", crop)
+    tifffile.imwrite(folder / "sample_output.tif", test_output[0, 0].astype(np.float32))
+    _cover(to_input_scale(crop), test_output[0, 0], folder / "cover.png")
+
+
+def _tensor_descriptions(v0_5, folder: Path) -> tuple[list, list]:
+    """The input (any size from MIN_SIZE in steps of SIZE_STEP, scaled by its own percentiles)
+    and the output (the same size, HALO px of each side less trustworthy)."""
+    y, x = v0_5.AxisId("y"), v0_5.AxisId("x")
+    input_id = v0_5.TensorId("input")
+    inputs = [v0_5.InputTensorDescr(
+        id=input_id,
+        description="one greyscale SEM frame, any intensity units (cast to float32, then scaled by its own "
+                    "0.1 and 99.9 percentiles)",
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("sem")]),
+              v0_5.SpaceInputAxis(id=y, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP)),
+              v0_5.SpaceInputAxis(id=x, size=v0_5.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP))],
+        test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+        pad=v0_5.ReflectPadding(mode="reflect"),  # explicit: spec 0.5.12 drops an unset mode (read: constant 0)
+        preprocessing=[
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+            v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
+                axes=[y, x], min_percentile=LOW_PERCENTILE, max_percentile=HIGH_PERCENTILE, eps=SCALE_RANGE_EPS)),
+        ],
+    )]
+    outputs = [v0_5.OutputTensorDescr(
+        id=v0_5.TensorId("output"),
+        description="the denoised frame on the input's [0, 1] scale (0: its 0.1th percentile, 1: its 99.9th)",
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("denoised")]),
+              *(v0_5.SpaceOutputAxisWithHalo(id=axis, halo=HALO, size=v0_5.SizeReference(
+                  tensor_id=input_id, axis_id=axis)) for axis in (y, x))],
+        test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+    )]
+    return inputs, outputs
+
+
+def _weights_description(v0_5, folder: Path, entry: WeightsEntry, chosen: ExportNoise):
+    torch_version = v0_5.Version(torch.__version__.split("+")[0])
+    state = v0_5.PytorchStateDictWeightsDescr(
+        source=folder / STATE_FILE,
+        architecture=v0_5.ArchitectureFromFileDescr(source=folder / ARCHITECTURE_FILE,
+                                                    callable=v0_5.Identifier("FixedNoiseDenoiser"),
+                                                    kwargs=architecture_kwargs(entry, chosen.model)),
+        pytorch_version=torch_version,
+        comment=f"{entry.name} stage 1 in its fixed-noise wrapper; noise: {_describe_noise(chosen)}",
+    )
+    torchscript = v0_5.TorchscriptWeightsDescr(
+        source=folder / TORCHSCRIPT_FILE, pytorch_version=torch_version, parent="pytorch_state_dict",
+        comment="torch.jit.script of FixedNoiseDenoiser (etdms_denoiser.py)")
+    return v0_5.WeightsDescr(pytorch_state_dict=state, torchscript=torchscript)
+
+
+def _model_description(v0_5, folder: Path, entry: WeightsEntry, chosen: ExportNoise, model, name: str,
+                       test_image: str):
+    inputs, outputs = _tensor_descriptions(v0_5, folder)
+    size = entry.config.swinir
+    noise_text = _describe_noise(chosen)
+    etdms_config = {
+        "weights": entry.provenance(),
+        "noise_model": {"gain": chosen.model.gain, "offset": chosen.model.offset,
+                        "variance": "gain * y + offset", "scale": "y: the model's [0, 1] input scale "
+                        "(scale_range, percentiles 0.1 and 99.9)", "source": chosen.source,
+                        "level": model.sigma} if chosen.model else None,
+        "test_image": test_image,
+        "exported_by": f"napari-etdms {__version__}",
+        "citation": ETDMS_CITATION,
+    }
+    attachments = [v0_5.FileDescr(source=entry.folder / extra) for extra in (MANIFEST, entry.card, ADAPTATION_RECORD)
+                   if extra and (entry.folder / extra).is_file()]
+    return v0_5.ModelDescr(
+        name=name,
+        description=(f"Denoising (stage 1 of ETDMS, noise-aware SwinIR) of greyscale SEM frames, from the "
+                     f"napari-etdms weights {entry.name} ({entry.short_hash}). Fixed noise model: "
+                     f"{noise_text}. Output on the input's 0.1-99.9 percentile [0, 1] scale.")[:1024],
+        covers=[v0_5.FileDescr(source=folder / "cover.png")],
+        documentation=v0_5.FileDescr(source=folder / "README.md"),
+        authors=[v0_5.Author(name="napari-etdms developers")],
+        cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
+        license=v0_5.LicenseId("MIT"),
+        tags=["denoising", "image-restoration", "electron-microscopy", "scanning-electron-microscopy",
+              "sem", "2d", "pytorch", "torchscript", "deepimagej", "fiji", "imagej", "qupath", "swinir",
+              "transformer", "materials-science", "napari-etdms"],
+        attachments=attachments,
+        timestamp=v0_5.Datetime(datetime.now(timezone.utc)),
+        inputs=inputs,
+        outputs=outputs,
+        weights=_weights_description(v0_5, folder, entry, chosen),
+        config=v0_5.Config(
+            bioimageio=v0_5.BioimageioConfig(
+                architecture_type="SwinIR",
+                architecture_description=(f"noise-aware SwinIR, embed {size.embed_dim}, depths "
+                                          f"{list(size.depths)}, heads {list(size.num_heads)}, window "
+                                          f"{size.window_size}, in a fixed-noise Anscombe wrapper"),
+                modality="scanning electron microscopy", task="denoising",
+                model_parameter_count=sum(p.numel() for p in model.parameters()),
+            ),
+            etdms=etdms_config,
+        ),
+    )
+
+
+def _save_package(description, output: Path) -> None:
+    """The package appears under `output` complete, or not at all."""
+    from bioimageio.spec import save_bioimageio_package
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.partial.zip")
+    try:
+        with warnings.catch_warnings():  # spec 0.5.12 warns while it validates every package it writes
+            warnings.filterwarnings("ignore", message="Found mapping with 'source'", category=UserWarning)
+            save_bioimageio_package(description, output_path=partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 __all__ = ["ExportError", "ExportNoise", "ExportResult", "FixedNoiseDenoiser", "architecture_source", "choose_noise",

@@ -257,69 +257,86 @@ class TrainingLoop:
 
         total = self.settings.iterations
         deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-        workers = self.settings.workers
-        loader = iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=workers,
-                                                  persistent_workers=workers > 0,
-                                                  pin_memory=self.device.type == "cuda"))
+        loader = self._batches()
         bar = tqdm(total=total, initial=self.iteration, desc=self.label, disable=not show_progress or not is_lead())
         losses: list[float] = []
-        skipped = skipped_in_a_row = 0  # batches whose loss or gradient was not finite
+        skipped = 0  # batches whose loss or gradient was not finite, since the last log line
         started = time.monotonic()
+        self._prepare(total)
+
+        def out_of_time() -> bool:  # no collective call per step when there is no budget to agree on
+            return deadline != math.inf and bool(lead_decides(time.monotonic() >= deadline, self.device))
+
+        try:
+            while self.iteration < total and not out_of_time():
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("training cancelled")
+                loss = self._step(next(loader))
+                if loss is None:
+                    skipped += 1
+                    continue
+                losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if progress is not None:
+                    progress(self.iteration, total)
+                done = self.iteration == total
+                if self.iteration % self.settings.checkpoint_every == 0 or done:
+                    self.save()
+                    self._log_steps(losses, started, skipped)
+                    losses, skipped, started = [], 0, time.monotonic()
+                if self.iteration % self.settings.validate_every == 0 or done:
+                    self.log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
+        finally:
+            bar.close()
+        if losses:  # stopped between checkpoints (the budget): these steps count too
+            self.save()
+            self._log_steps(losses, started, skipped)
+        if dist.is_initialized():
+            dist.barrier()  # the next stage may read this checkpoint on every rank
+        return self.iteration
+
+    def _batches(self):
+        workers = self.settings.workers
+        return iter(torch.utils.data.DataLoader(self.stream, batch_size=self.settings.batch_size, num_workers=workers,
+                                                persistent_workers=workers > 0, pin_memory=self.device.type == "cuda"))
+
+    def _prepare(self, total: int) -> None:
         if self.device.type == "cpu":
             reuse_freed_memory()
         self.net.train()
+        self._non_finite_in_a_row = 0
         if self.iteration < total:
             self.on_start()
             # chosen here, on every rank at once; the log says what the steps' speed rests on
             self.log({"iteration": self.iteration, "runtime": describe(self.device, self.precision, self.threads),
                       "time": time.time()})
 
-        def out_of_time() -> bool:  # no collective call per step when there is no budget to agree on
-            return deadline != math.inf and bool(lead_decides(time.monotonic() >= deadline, self.device))
+    def _step(self, batch) -> float | None:
+        """One optimiser step on `batch`, returning its loss; None where the loss or its gradient
+        is not finite: that batch is skipped (as mixed-precision scalers do), and
+        MAX_NON_FINITE_IN_A_ROW of them stop training before a step or a checkpoint can take a
+        diverged model in."""
+        self._apply_learning_rate()
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # on every rank, finite or not: the gradients' all-reduce must not wait
+        if not torch.isfinite(loss) or not torch.isfinite(self._clip_gradient()):
+            self._non_finite_in_a_row += 1
+            if self._non_finite_in_a_row >= MAX_NON_FINITE_IN_A_ROW:
+                raise FloatingPointError(
+                    f"{self.label}: the loss or its gradient is not finite for {self._non_finite_in_a_row} batches "
+                    f"in a row at iteration {self.iteration + 1}; the last checkpoint is kept: lower the learning "
+                    "rate in the config and rerun to resume")
+            return None
+        self._non_finite_in_a_row = 0
+        self.optimizer.step()
+        self.ema.update(self.net)
+        self.iteration += 1
+        return loss.item()
 
-        while self.iteration < total and not out_of_time():
-            if cancel is not None and cancel.is_set():
-                bar.close()
-                raise Cancelled("training cancelled")
-            self._apply_learning_rate()
-            loss = self.loss(next(loader))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # on every rank, finite or not: the gradients' all-reduce must not wait
-            if not torch.isfinite(loss) or not torch.isfinite(self._clip_gradient()):
-                # one odd batch is skipped (as mixed-precision scalers do); a diverged model stops
-                # before a step or a checkpoint can take it in
-                skipped += 1
-                skipped_in_a_row += 1
-                if skipped_in_a_row >= MAX_NON_FINITE_IN_A_ROW:
-                    bar.close()
-                    raise FloatingPointError(
-                        f"{self.label}: the loss or its gradient is not finite for {skipped_in_a_row} batches in a "
-                        f"row at iteration {self.iteration + 1}; the last checkpoint is kept: lower the learning "
-                        "rate in the config and rerun to resume")
-                continue
-            skipped_in_a_row = 0
-            self.optimizer.step()
-            self.ema.update(self.net)
-            self.iteration += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if progress is not None:
-                progress(self.iteration, total)
-            done = self.iteration == total
-            if self.iteration % self.settings.checkpoint_every == 0 or done:
-                self.save()
-                self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
-                          "seconds_per_step": (time.monotonic() - started) / len(losses)}
-                         | ({"skipped_non_finite": skipped} if skipped else {}))
-                losses, skipped, started = [], 0, time.monotonic()
-            if self.iteration % self.settings.validate_every == 0 or done:
-                self.log({"iteration": self.iteration, "validation": self.validate(), "time": time.time()})
-        bar.close()
-        if losses:  # stopped between checkpoints (the budget): these steps count too
-            self.save()
-            self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
-                      "seconds_per_step": (time.monotonic() - started) / len(losses)})
-        if dist.is_initialized():
-            dist.barrier()  # the next stage may read this checkpoint on every rank
-        return self.iteration
+    def _log_steps(self, losses: list[float], started: float, skipped: int) -> None:
+        self.log({"iteration": self.iteration, "loss": float(np.mean(losses)), "time": time.time(),
+                  "seconds_per_step": (time.monotonic() - started) / len(losses)}
+                 | ({"skipped_non_finite": skipped} if skipped else {}))
+
