@@ -205,7 +205,7 @@ def test_a_thin_frame_gets_a_pyramid_without_failing(tmp_path):
     assert [group[str(i)].shape for i in range(len(list(group.array_keys())))] == [(3, 5000), (1, 2500)]
 
 
-def test_the_reader_names_a_zarr_that_is_not_one_plane(tmp_path):
+def test_the_reader_opens_a_3d_zarr_as_a_stack_and_read_frame_names_it(tmp_path):
     import zarr
     from ome_zarr.writer import write_image
 
@@ -214,5 +214,19 @@ def test_the_reader_names_a_zarr_that_is_not_one_plane(tmp_path):
 
     path = tmp_path / "stack.ome.zarr"
     write_image(np.zeros((3, 64, 64), np.float32), zarr.open_group(str(path), mode="w"), axes="zyx")
+    [(data, kwargs, kind)] = read_sem(str(path))
+    levels = data if kwargs["multiscale"] else [data]
+    assert kind == "image" and levels[0].shape == (3, 64, 64) and kwargs["axis_labels"] == ("z", "y", "x")
     with pytest.raises(ReadError, match="expected one 2D image, got shape \\(3, 64, 64\\)"):
-        read_sem(str(path))
+        read_frame(path)
+
+
+def test_one_evaluation_weights_write_their_std_to_zarr_as_in_memory(regression_weights, frame_file, tmp_path):
+    """The regression stage 2's own error-std rows and the run's std output are different arrays."""
+    args = ["-w", str(regression_weights.folder), "--samples", "2", "--tile", "32", "--overlap", "8",
+            "--device", "cpu"]
+    assert main(["infer", str(frame_file), "-o", str(tmp_path / "tif"), *args]) == 0
+    assert main(["infer", str(frame_file), "-o", str(tmp_path / "zarr"), *args, "--output-format", "zarr"]) == 0
+    for field in ("etdms_x4", "std_x4"):
+        np.testing.assert_array_equal(read_frame(tmp_path / "zarr" / f"frame_{field}.ome.zarr").data,
+                                      read_frame(tmp_path / "tif" / f"frame_{field}.tif").data)

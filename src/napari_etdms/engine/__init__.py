@@ -5,13 +5,14 @@
 - `bands`: stage 2 over bands of rows (the diffusion chain, the one-evaluation mean), data consistency
 - `pipeline`: `Pipeline`: plan, stage 1, stage 2, describe (the provenance)
 - `batch`: files in, each input's outputs written as one set; serially or on a dask cluster
+- `volume`: a stack of slices into 3D OME-Zarr outputs, resumable, slice-parallel on dask
+- `process`: what every process of a batch runs with (settings, threads, the model loaded once)
 """
 
 from napari_etdms.engine.batch import (
     FILE_ERRORS,
     OUTPUT_NAMES,
     BatchProgress,
-    BatchSettings,
     FileJob,
     FileReporter,
     OutputFolderError,
@@ -24,6 +25,7 @@ from napari_etdms.engine.batch import (
     run_serially,
 )
 from napari_etdms.engine.pipeline import InputError, Pipeline, Result
+from napari_etdms.engine.process import BatchSettings
 from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 from napari_etdms.engine.tiling import Cancelled
 

@@ -274,7 +274,8 @@ class PredictedMean:
                  batch_size: int, tick: Callable[[], None]):
         blender = TileRowBlender(grid, condition, batch_size, tick)
         self.mean = arrays.empty("mean", blender.shape)
-        self.std = arrays.empty("std", blender.shape) if with_std else None
+        # not "std": that name is the run's output, which the pipeline makes from these rows
+        self.std = arrays.empty("predicted_std", blender.shape) if with_std else None
 
         def mean_and_variance(x_tiles, c_tiles):
             out = predict(x_tiles, c_tiles, step).float()

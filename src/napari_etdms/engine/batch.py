@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from napari_etdms.engine.pipeline import Pipeline, Result
-from napari_etdms.engine.settings import DEFAULTS, RunSettings
+from napari_etdms.engine.process import BatchSettings, cached_pipeline, use_batch_threads
+from napari_etdms.engine.volume import run_volume
 from napari_etdms.io import (
-    DEFAULT_MAX_PIXELS,
     OUTPUT_FORMATS,
     TEMPORARY_SUFFIX,
     ZARR_SUFFIX,
@@ -45,6 +45,7 @@ from napari_etdms.io import (
     write_files_atomically,
 )
 from napari_etdms.io.ome_zarr import zarr_stem
+from napari_etdms.io.volume import open_volume
 
 # what fails one file and lets the batch go on (anything else stops the batch)
 FILE_ERRORS = (ReadError, ValueError, FileExistsError, MemoryError, OSError)
@@ -111,17 +112,22 @@ class FileJob:
     source: Path
     outputs: dict[str, Path]  # Result field -> output file (or OME-Zarr folder)
     problem: str | None = None  # why this input is not processed (reported; the others go on)
+    volume: bool = False  # a stack of slices (engine.volume): 3D OME-Zarr outputs, resumable
 
     @property
     def zarr(self) -> bool:
         return next(iter(self.outputs.values())).suffix == ZARR_SUFFIX
 
 
-def output_paths(out_dir: Path, source: Path, output_format: str = "auto") -> dict[str, Path]:
+def output_paths(out_dir: Path, source: Path, output_format: str = "auto", volume: bool = False) -> dict[str, Path]:
+    """Each Result field's output; a volume's are always 3D OME-Zarr images."""
     zarr_input = source.suffix.lower() == ZARR_SUFFIX
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format '{output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
-    extension = ".ome.zarr" if output_format == "zarr" or (output_format == "auto" and zarr_input) else ".tif"
+    if volume and output_format == "tiff":
+        raise ValueError(f"{source}: a stack of slices is written as 3D OME-Zarr; leave --output-format at auto")
+    zarr_output = volume or output_format == "zarr" or (output_format == "auto" and zarr_input)
+    extension = ".ome.zarr" if zarr_output else ".tif"
     stem = zarr_stem(source) if zarr_input else source.stem
     return {field: out_dir / f"{stem}_{suffix}{extension}" for field, suffix in OUTPUT_NAMES.items()}
 
@@ -144,20 +150,26 @@ def check_output_folder(out_dir: Path) -> None:
 
 def plan(inputs: list[Path], out_dir: Path, overwrite: bool, output_format: str = "auto") -> list[FileJob]:
     """One job per input, with the reason it cannot run where it cannot; raises
-    OutputFolderError before anything else when the output folder is unusable."""
+    OutputFolderError before anything else when the output folder is unusable. A volume's
+    existing outputs are not a problem: the run resumes them (engine.volume)."""
     check_output_folder(out_dir)
     sources = {path.resolve() for path in inputs}
     claimed: dict[Path, Path] = {}
     jobs = []
     for path in inputs:
-        outputs = output_paths(out_dir, path, output_format)
+        volume = _is_volume(path)
+        try:
+            outputs = output_paths(out_dir, path, output_format, volume)
+        except ValueError as err:
+            jobs.append(FileJob(path, output_paths(out_dir, path, "zarr"), str(err), volume))
+            continue
         problem = None
         for out in outputs.values():
             if out.resolve() in sources:
                 problem = f"output {out} would overwrite an input; choose another --output folder"
             elif out.resolve() in claimed:
                 problem = f"output {out} is also the output of {claimed[out.resolve()]}; rename one of them"
-            elif out.exists() and not overwrite:
+            elif out.exists() and not overwrite and not volume:
                 problem = f"output {out} exists already; --overwrite replaces this input's outputs"
             if problem:
                 break
@@ -165,8 +177,16 @@ def plan(inputs: list[Path], out_dir: Path, overwrite: bool, output_format: str 
             claimed.update({out.resolve(): path for out in outputs.values()})
             for out in outputs.values():
                 remove_stale_temporaries(out)
-        jobs.append(FileJob(path, outputs, problem))
+        jobs.append(FileJob(path, outputs, problem, volume))
     return jobs
+
+
+def _is_volume(path: Path) -> bool:
+    """From the header alone; an unreadable file is not one (it fails, named, when it runs)."""
+    try:
+        return open_volume(path, max_pixels=2**62) is not None
+    except (ReadError, ImportError, OSError):
+        return False
 
 
 def _pixel_sizes(job: FileJob, pixel_size_nm: float | None) -> dict[str, float | None]:
@@ -242,37 +262,15 @@ def _provenance(job: FileJob, result: Result, frame) -> dict:
     return result.metadata | {"source": str(job.source), "source_pixel_size_nm": frame.pixel_size_nm}
 
 
-@dataclass(frozen=True)
-class BatchSettings:
-    """What every file of a batch runs with (sent to each worker of a cluster)."""
-
-    weights: str | None = None  # registry name or folder
-    device: str = "auto"
-    precision: str = "auto"
-    settings: RunSettings = DEFAULTS
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    overwrite: bool = False
-    # torch CPU threads in each process (None: the free cores, chosen by the CLI; dask workers: 1).
-    # Float sums depend on the thread count: the same count gives bit-identical outputs.
-    threads: int | None = None
-
-
-@functools.lru_cache(maxsize=2)
-def cached_pipeline(weights: str | None, device: str, precision: str) -> Pipeline:
-    """One model per process: a cluster worker loads it for its first file and keeps it."""
-    return Pipeline.from_pretrained(weights, device=device, precision=precision)
-
-
 def process_file(job: FileJob, batch: BatchSettings, pipeline: Pipeline | None = None,
                  progress: Callable[[int, int, str], None] | None = None) -> str:
     """Read one input, run it, write its outputs as one set; returns the line to report.
     Raises one of FILE_ERRORS when this input fails."""
     if job.problem:
         raise ValueError(job.problem)
-    if batch.threads:
-        import torch
-
-        torch.set_num_threads(batch.threads)
+    use_batch_threads(batch)
+    if job.volume:
+        return run_volume(job, batch, pipeline, progress)
     frame = read_frame(job.source, batch.max_pixels)
     pipeline = pipeline or cached_pipeline(batch.weights, batch.device, batch.precision)
     if job.zarr:
@@ -305,16 +303,27 @@ def run_files(jobs: list[FileJob], batch: BatchSettings, reporter: FileReporter,
 
 def run_distributed(jobs: list[FileJob], batch: BatchSettings, client, reporter: FileReporter) -> int:
     """One task per file on a dask.distributed `client`, reported as each file finishes (in the
-    order they finish). Returns the number of failed files: a failing file, even a worker lost
-    on it, is reported and the others go on."""
+    order they finish); a volume's slices are spread over the workers (engine.volume). Returns
+    the number of failed files: a failing file, even a worker lost on it, is reported and the
+    others go on."""
     from distributed import as_completed
+
+    failures = 0
+    for job in [job for job in jobs if job.volume]:
+        try:
+            if job.problem:
+                raise ValueError(job.problem)
+            reporter.finished(job, run_volume(job, batch, client=client), None)
+        except Exception as err:  # raised here or on a worker, or a worker died
+            failures += 1
+            reporter.finished(job, None, err)
+    jobs = [job for job in jobs if not job.volume]
 
     # absolute paths: a worker resolves relative ones against its own working folder
     absolute = [replace(job, source=job.source.resolve(), outputs={k: v.resolve() for k, v in job.outputs.items()})
                 for job in jobs]
     futures = {client.submit(process_file, task, batch, pure=False, key=f"etdms-{i}-{job.source.name}"): job
                for i, (job, task) in enumerate(zip(jobs, absolute))}
-    failures = 0
     for future in as_completed(futures):
         job = futures[future]
         try:

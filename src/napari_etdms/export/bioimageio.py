@@ -41,15 +41,14 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional  # noqa: UP035 (the typing TorchScript and older torch read)
 
 import numpy as np
 import tifffile
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from napari_etdms import __version__
+from napari_etdms.models.swinir import SwinIRDenoiser, SwinIRSize
 from napari_etdms.stage1.intensity import HIGH_PERCENTILE, LOW_PERCENTILE
 from napari_etdms.stage1.noise import NoiseModel, frame_noise
 from napari_etdms.weights import ADAPTATION_RECORD, MANIFEST, WeightsEntry, load_state, resolve, sha256_of
@@ -81,155 +80,9 @@ class ExportError(ValueError):
     """The weights cannot be exported as asked; the message says why and what to do."""
 
 
-# ---- the exported network: standalone (torch only), TorchScript-able ----------------------
-# The same computation and parameter names as models.swinir.SwinIRDenoiser (its state dict
-# loads as it is), written so that torch.jit.script compiles it for any frame size: the shift
-# mask is computed per call instead of cached per size. `etdms_denoiser.py` in the package is
-# the source of the functions and classes below (`architecture_source`).
-
-
-def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, window*window, C)."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
-
-
-def _merge(windows: torch.Tensor, window: int, b: int, h: int, w: int) -> torch.Tensor:
-    c = windows.shape[-1]
-    x = windows.view(b, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-
-
-def _relative_position_index(window: int) -> torch.Tensor:
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
-    coords = coords.flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
-
-
-def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive mask (n_windows, N, N) that stops attention across the cyclic-shift seam: the
-    regions [0, -window), [-window, -shift), [-shift, end) of each axis, labelled 3 * row + column."""
-    rows = torch.arange(height, device=device)
-    columns = torch.arange(width, device=device)
-    row_label = (rows >= height - window).long() + (rows >= height - shift).long()
-    column_label = (columns >= width - window).long() + (columns >= width - shift).long()
-    region = (row_label[:, None] * 3 + column_label[None, :]).to(torch.float32)
-    windows = _partition(region[None, :, :, None], window).squeeze(-1)  # (nW, N)
-    diff = windows[:, None, :] - windows[:, :, None]
-    return torch.zeros_like(diff).masked_fill(diff != 0, float("-inf"))
-
-
-def _encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
-    """log10(sigma) mapped so that 1e-4 -> 0 and 1 -> 1 (models.swinir.encode_noise_level)."""
-    return (torch.log10(sigma.clamp(min=1e-4)) + 4.0) / 4.0
-
-
-class WindowAttention(nn.Module):
-    def __init__(self, dim: int, window: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
-        self.register_buffer("rel_index", _relative_position_index(window).flatten(), persistent=False)
-
-    def forward(self, x: torch.Tensor, batch: int, mask: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
-        bw, n, c = x.shape
-        n_windows = bw // batch
-        qkv = self.qkv(x).view(batch, n_windows, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nW, heads, N, d)
-        bias = self.bias_table[self.rel_index].view(n, n, self.heads).permute(2, 0, 1)
-        if mask is not None:
-            bias = bias[None] + mask[:, None]  # (nW, heads, N, N), broadcast over batch
-        # scaled_dot_product_attention written out: the same up to float rounding, and runnable by
-        # the older libtorch builds of Java consumers (deepImageJ, QuPath's DJL) as well
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (float(c // self.heads) ** -0.5) + bias.to(q.dtype)
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
-        return self.proj(out)
-
-
-class SwinBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float):
-        super().__init__()
-        self.window, self.shift = window, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        b, h, w, _ = x.shape
-        y = self.norm1(x)
-        if self.shift > 0:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            y = self.attn(_partition(y, self.window), b, mask)
-        else:
-            y = self.attn(_partition(y, self.window), b, None)
-        y = _merge(y, self.window, b, h, w)
-        if self.shift > 0:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y
-        return x + self.mlp(self.norm2(x))
-
-
-class ResidualSwinGroup(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            [SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio) for i in range(depth)]
-        )
-        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        y = x
-        for block in self.blocks:
-            y = block(y, mask)
-        y = self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + y
-
-
-class SwinIR(nn.Module):
-    """1-channel SwinIR denoiser on [-1, 1]: x + level * correction (noise-aware), x + correction (blind)."""
-
-    def __init__(self, embed_dim: int, depths: List[int], num_heads: List[int], window_size: int = 8,  # noqa: UP006
-                 mlp_ratio: float = 2.0, noise_map: bool = True):
-        super().__init__()
-        self.window = window_size
-        self.noise_map = noise_map
-        self.conv_first = nn.Conv2d(2 if noise_map else 1, embed_dim, 3, padding=1)
-        self.embed_norm = nn.LayerNorm(embed_dim)
-        self.groups = nn.ModuleList(
-            [ResidualSwinGroup(embed_dim, d, h, window_size, mlp_ratio) for d, h in zip(depths, num_heads)]
-        )
-        self.body_norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
-        self.conv_last = nn.Conv2d(embed_dim, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        """`noise_level`: (B, 1, 1, 1), the noise std of `x` (ignored by a blind network)."""
-        h, w = x.shape[-2], x.shape[-1]
-        pad_h, pad_w = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
-        image = x
-        level = noise_level.to(x.dtype).expand_as(x)
-        if self.noise_map:
-            x = torch.cat([x, _encode_noise_level(level)], dim=1)
-        if pad_h > 0 or pad_w > 0:
-            x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
-        feat = self.conv_first(x)
-        mask = _shift_mask(h + pad_h, w + pad_w, self.window, self.window // 2, x.device)
-        tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
-        for group in self.groups:
-            tokens = group(tokens, mask)
-        body = self.body_norm(tokens).permute(0, 3, 1, 2)
-        res = self.conv_after_body(body) + feat
-        correction = self.conv_last(res)[:, :, :h, :w]
-        if self.noise_map:
-            return image + level * correction
-        return image + correction
+# ---- the exported network -------------------------------------------------------------------
+# `models.swinir` (torch alone, TorchScript-able) with the wrapper below: `etdms_denoiser.py` in
+# the package is the source of both (`architecture_source`), and the state dict loads as it is.
 
 
 class FixedNoiseDenoiser(nn.Module):
@@ -242,10 +95,11 @@ class FixedNoiseDenoiser(nn.Module):
     then the exact algebraic inverse. Computed in float64 (the network in float32). Blind
     (`noise_aware` False): the network on 2 y - 1, mapped back."""
 
-    def __init__(self, embed_dim: int, depths: List[int], num_heads: List[int], window_size: int = 8,  # noqa: UP006
+    def __init__(self, embed_dim: int, depths: list[int], num_heads: list[int], window_size: int = 8,
                  mlp_ratio: float = 2.0, noise_aware: bool = True, gain: float = 0.0, offset: float = 0.0):
         super().__init__()
-        self.net = SwinIR(embed_dim, depths, num_heads, window_size, mlp_ratio, noise_aware)
+        self.net = SwinIRDenoiser(SwinIRSize(embed_dim, tuple(depths), tuple(num_heads), window_size, mlp_ratio,
+                                             noise_aware))
         self.noise_aware = noise_aware
         self.gain = max(float(gain), 0.0)
         self.c = max(0.375 * self.gain**2 + float(offset), 1e-12)
@@ -258,7 +112,7 @@ class FixedNoiseDenoiser(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         level = torch.full((x.shape[0], 1, 1, 1), self.sigma, dtype=torch.float32, device=x.device)
         if not self.noise_aware:
-            return ((self.net(x * 2.0 - 1.0, level) + 1.0) * 0.5).to(torch.float32)
+            return ((self.net(x * 2.0 - 1.0, None) + 1.0) * 0.5).to(torch.float32)
         y = x.double()
         if self.gain > 0:
             y = torch.clamp(y, min=self.lowest)
@@ -271,26 +125,22 @@ class FixedNoiseDenoiser(nn.Module):
         return (self.sqrt_c * d + 0.25 * self.gain * d * d).to(torch.float32)
 
 
-_STANDALONE = (_partition, _merge, _relative_position_index, _shift_mask, _encode_noise_level, WindowAttention,
-               SwinBlock, ResidualSwinGroup, SwinIR, FixedNoiseDenoiser)
-
-
 def architecture_source() -> str:
-    """`etdms_denoiser.py`: the exported network's source, needing torch alone."""
+    """`etdms_denoiser.py`: the exported network's source (`models.swinir` and the wrapper),
+    needing torch alone."""
     import inspect
 
+    from napari_etdms.models import swinir
+
+    body = inspect.getsource(swinir)
+    body = body[body.index("from __future__ import annotations"):]  # its own docstring replaced
     header = textwrap.dedent(f'''\
         """ETDMS stage 1 (noise-aware SwinIR) for one fixed noise model, as exported by napari-etdms
         {__version__} (`etdms export`). Standalone: needs torch alone. Callable: FixedNoiseDenoiser."""
 
-        import math
-        from typing import List, Optional
-
-        import torch
-        import torch.nn.functional as F
-        from torch import nn
         ''')
-    return header + "".join("\n\n" + inspect.getsource(item) for item in _STANDALONE)
+    wrapper = "\n\nimport math  # the wrapper's\n\n\n" + inspect.getsource(FixedNoiseDenoiser)
+    return header + body + wrapper
 
 
 def architecture_kwargs(entry: WeightsEntry, noise: NoiseModel | None) -> dict:

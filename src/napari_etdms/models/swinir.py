@@ -2,21 +2,23 @@
 
 Written here rather than imported because the packaged SwinIR implementations depend
 on torchvision. Frames of any size are reflect-padded to a multiple of the window.
+
+This module needs torch alone and compiles with torch.jit.script: `etdms export` ships its
+source, with a fixed-noise wrapper, as the architecture of a bioimage.io model (Java consumers
+run the TorchScript, whose attention is written out for their older libtorch builds).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
+from typing import NamedTuple, Optional  # noqa: UP035  (TorchScript and older Pythons read it)
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass(frozen=True)
-class SwinIRSize:
+class SwinIRSize(NamedTuple):  # a NamedTuple: the exported source runs however a consumer imports it
     embed_dim: int
     depths: tuple[int, ...]
     num_heads: tuple[int, ...]
@@ -33,14 +35,14 @@ def _relative_position_index(window: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-def _shift_mask(height: int, width: int, window: int, shift: int, device) -> torch.Tensor:
-    """Additive mask (n_windows, N, N) that stops attention across the cyclic-shift seam."""
-    region = torch.zeros(height, width, device=device)
-    label = 0
-    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            region[hs, ws] = label
-            label += 1
+def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive mask (n_windows, N, N) that stops attention across the cyclic-shift seam: the
+    regions [0, -window), [-window, -shift), [-shift, end) of each axis, labelled 3 * row + column."""
+    rows = torch.arange(height, device=device)
+    columns = torch.arange(width, device=device)
+    row_label = (rows >= height - window).long() + (rows >= height - shift).long()
+    column_label = (columns >= width - window).long() + (columns >= width - shift).long()
+    region = (row_label[:, None] * 3 + column_label[None, :]).to(torch.float32)
     windows = _partition(region[None, :, :, None], window).squeeze(-1)  # (nW, N)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.zeros_like(diff).masked_fill(diff != 0, float("-inf"))
@@ -66,7 +68,7 @@ LEVEL_FLOOR = 1e-4
 
 
 def encode_noise_level(sigma: torch.Tensor) -> torch.Tensor:
-    return (torch.log10(sigma.clamp(min=LEVEL_FLOOR)) - math.log10(LEVEL_FLOOR)) / 4.0
+    return (torch.log10(sigma.clamp(min=1e-4)) + 4.0) / 4.0  # 1e-4: LEVEL_FLOOR (a literal for TorchScript)
 
 
 class WindowAttention(nn.Module):
@@ -79,16 +81,22 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.bias_table, std=0.02)
         self.register_buffer("rel_index", _relative_position_index(window).flatten(), persistent=False)
 
-    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: int, mask: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
         bw, n, c = x.shape
         n_windows = bw // batch
-        qkv = self.qkv(x).view(batch, n_windows, n, 3, self.heads, c // self.heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        qkv = self.qkv(x).view(batch, n_windows, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nW, heads, N, d)
         bias = self.bias_table[self.rel_index].view(n, n, self.heads).permute(2, 0, 1)
         if mask is not None:
             bias = bias[None] + mask[:, None]  # (nW, heads, N, N), broadcast over batch
         bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if torch.jit.is_scripting():
+            # written out: the same up to float rounding, and runnable by the older libtorch builds
+            # of Java consumers (deepImageJ, QuPath's DJL), which lack the fused kernel
+            scores = torch.matmul(q, k.transpose(-2, -1)) * (float(c // self.heads) ** -0.5) + bias
+            out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
         return self.proj(out)
 
@@ -102,24 +110,17 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self._masks: dict[tuple, torch.Tensor] = {}
 
-    def _mask(self, h: int, w: int, device) -> torch.Tensor | None:
-        if self.shift == 0:
-            return None
-        key = (h, w, str(device))
-        if key not in self._masks:
-            self._masks[key] = _shift_mask(h, w, self.window, self.shift, device)
-        return self._masks[key]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C); mask: `_shift_mask`
         b, h, w, _ = x.shape
         y = self.norm1(x)
-        if self.shift:
+        if self.shift > 0:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(_partition(y, self.window), b, self._mask(h, w, x.device))
+            y = self.attn(_partition(y, self.window), b, mask)
+        else:
+            y = self.attn(_partition(y, self.window), b, None)
         y = _merge(y, self.window, b, h, w)
-        if self.shift:
+        if self.shift > 0:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + y
         return x + self.mlp(self.norm2(x))
@@ -136,10 +137,10 @@ class ResidualSwinGroup(nn.Module):
         )
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         y = x
         for block in self.blocks:
-            y = block(y)
+            y = block(y, mask)
         y = self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x + y
 
@@ -197,7 +198,7 @@ class SwinIRDenoiser(nn.Module):
             self.groups[index].conv.weight.zero_()
             self.groups[index].conv.bias.zero_()
 
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_level: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         """`noise_level` (noise-map models only): the noise standard deviation of `x`, a
         (B, 1, H, W) map or anything that broadcasts to it, e.g. (B, 1, 1, 1).
 
@@ -205,23 +206,27 @@ class SwinIRDenoiser(nn.Module):
         noise in units of its level (as EDM-style preconditioning does for small levels), so
         a noise-free input passes through exactly and no level can make it remove more than
         a few of its own standard deviations."""
-        if self.noise_map != (noise_level is not None):
-            raise ValueError("this denoiser takes a noise-level map" if self.noise_map
-                             else "this denoiser takes no noise-level map")
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.window, (-w) % self.window
+        if self.noise_map and noise_level is None:
+            raise ValueError("this denoiser takes a noise-level map")
+        if not self.noise_map and noise_level is not None:
+            raise ValueError("this denoiser takes no noise-level map")
+        h, w = x.shape[-2], x.shape[-1]
+        pad_h, pad_w = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
         image = x
         if noise_level is not None:
             noise_level = noise_level.to(x.dtype).expand_as(x)
             x = torch.cat([x, encode_noise_level(noise_level)], dim=1)
-        xp = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if (pad_h or pad_w) else x
-        feat = self.conv_first(xp)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
+        feat = self.conv_first(x)
+        # one mask for every shifted block, made for this size (cheap beside the network)
+        mask = _shift_mask(h + pad_h, w + pad_w, self.window, self.window // 2, x.device)
         tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
         for group in self.groups:
-            tokens = group(tokens)
+            tokens = group(tokens, mask)
         body = self.body_norm(tokens).permute(0, 3, 1, 2)
         res = self.conv_after_body(body) + feat
-        correction = self.conv_last(res)[..., :h, :w]
+        correction = self.conv_last(res)[:, :, :h, :w]
         if noise_level is None:
             return image + correction
         return image + noise_level * correction

@@ -44,14 +44,32 @@ def read_sem(path) -> list[tuple]:
 
 def ome_zarr_layer(path: Path) -> tuple:
     """A multiscale layer of lazy (dask) levels: napari reads only the tiles it shows."""
-    from napari_etdms.io import multiscale_layer, zarr_stem
+    from napari_etdms.io import multiscale_layer, open_volume, zarr_stem
 
+    volume = open_volume(path, max_pixels=2**62)  # the header only: napari reads lazily
+    if volume is not None:
+        return volume_image_layer(volume, zarr_stem(path))
     levels, px, provenance = multiscale_layer(path)
     kwargs = {"name": zarr_stem(path), "multiscale": len(levels) > 1, "scale": (px, px) if px else (1.0, 1.0),
               "axis_labels": ("y", "x"),
               "metadata": {"pixel_size_nm": px, "source_path": str(path), "provenance": provenance}}
     if px:
         kwargs["units"] = (UNIT, UNIT)
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
+def volume_image_layer(volume, name: str) -> tuple:
+    """A 3D (z, y, x) OME-Zarr image as a lazy multiscale layer, z spacing and pixel size as its scale."""
+    from napari_etdms.io import volume_layer
+
+    levels, provenance = volume_layer(volume)
+    px, dz = volume.pixel_size_nm, volume.z_spacing_nm
+    kwargs = {"name": name, "multiscale": len(levels) > 1, "scale": (dz or 1.0, px or 1.0, px or 1.0),
+              "axis_labels": ("z", "y", "x"),
+              "metadata": {"pixel_size_nm": px, "z_spacing_nm": dz, "source_path": str(volume.path),
+                           "provenance": provenance}}
+    if px and dz:
+        kwargs["units"] = (UNIT, UNIT, UNIT)
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
 
 
