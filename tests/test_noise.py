@@ -16,7 +16,7 @@ from scipy import ndimage
 import napari_etdms
 from napari_etdms.simulation.degradation import poisson_gaussian, quantise
 from napari_etdms.simulation.ground_truth import load_normalised
-from napari_etdms.stage1.noise import estimate_noise
+from napari_etdms.stage1.noise import estimate_noise, estimate_noise_across_slices, slice_noise
 
 SAMPLE = Path(napari_etdms.__file__).parent / "samples" / "nasa_ebc_032919-6_100cyc0007.png"
 QUANT8 = (1 / 255) ** 2 / 12  # variance of 8-bit rounding, on the [0, 1] scale
@@ -257,3 +257,36 @@ def test_large_frames_are_measured_on_a_bounded_central_window():
     model, source = frame_noise(frame)
     assert "on the central 2048x2048 px" in source
     assert model.gain * 100 + model.offset == pytest.approx(25, rel=0.05)
+
+
+def _textured_volume(slices=5, side=192, seed=0):
+    """Particles with sharp edges and fine texture, changing smoothly along z."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal((slices + 24, side, side)), sigma=(6, 1.5, 1.5))[12:-12]
+    texture = ndimage.gaussian_filter(rng.standard_normal(field.shape), sigma=(3, 0.7, 0.7))
+    return np.clip(0.2 + 0.6 / (1 + np.exp(-6 * field / field.std())) + 0.3 * texture, 0, 1)
+
+
+@pytest.mark.parametrize("dose", [30.0, 300.0])
+def test_across_slices_the_noise_is_found_where_texture_fools_the_single_frame_fit(dose):
+    clean = _textured_volume()
+    rng = np.random.default_rng(1)
+    noisy = rng.poisson(clean * dose) / dose
+    level = float(np.median(noisy[2]))
+    true_std = np.sqrt(level / dose)
+    single = estimate_noise(noisy[2])
+    assert single.std_at(level) > 1.15 * true_std  # the texture reads as noise in one slice
+    model, how = slice_noise(noisy[1], noisy[2], noisy[3])
+    assert "across slices" in how
+    assert model.std_at(level) == pytest.approx(true_std, rel=0.1)
+
+
+def test_on_smooth_content_both_fits_agree_and_the_single_frame_one_is_kept():
+    rng = np.random.default_rng(2)
+    y, x = np.mgrid[0:192, 0:192] / 192
+    clean = np.stack([0.3 + 0.4 * np.sin(3 * x + 0.05 * z) * np.cos(2 * y) for z in range(3)])
+    noisy = clean + rng.normal(0, 0.02, clean.shape)
+    across = estimate_noise_across_slices(*noisy)
+    assert across.std_at(0.3) == pytest.approx(0.02, rel=0.1)
+    model, how = slice_noise(*noisy)
+    assert model.std_at(0.3) == pytest.approx(0.02, rel=0.1)

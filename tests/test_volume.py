@@ -8,6 +8,7 @@ from conftest import sem_like
 
 from napari_etdms.cli import main
 from napari_etdms.engine import Pipeline, RunSettings
+from napari_etdms.engine.volume import volume_slice_noise
 from napari_etdms.io.volume import VolumeStore, open_volume
 
 pytest.importorskip("ome_zarr", reason="the zarr extra is part of the test extra")  # CI installs it
@@ -52,8 +53,10 @@ def test_a_3d_ome_zarr_gives_3d_outputs_each_slice_as_the_pipeline_makes_it(tiny
     torch.set_num_threads(1)
     pipeline = Pipeline.from_pretrained(str(tiny_weights.folder), device="cpu")
     settings = RunSettings(sampler="ddim", steps=2, tile=16, overlap=4)
-    for z in (0, SLICES - 1):
-        alone = pipeline.run_with(stack()[z], settings)
+    read = stack().__getitem__
+    for z in (0, SLICES - 1):  # each with its noise estimated with its neighbours along z
+        noise, how = volume_slice_noise(read, z, SLICES)
+        alone = pipeline.run_with(stack()[z], settings, noise=noise)
         np.testing.assert_array_equal(x4[z], alone.super_resolved)
         np.testing.assert_array_equal(denoised[z], alone.denoised)
     volume = open_volume(out / "vol_etdms_x4.ome.zarr", 2**30)
@@ -144,3 +147,21 @@ def test_the_napari_reader_opens_a_3d_output_lazily_with_its_scale(tiny_weights,
     assert kind == "image" and kwargs["axis_labels"] == ("z", "y", "x")
     assert kwargs["scale"] == pytest.approx((20.0, 2.0, 2.0)) and kwargs["units"] == ("nm", "nm", "nm")
     assert data.shape == (SLICES, 4 * SHAPE[0], 4 * SHAPE[1]) and type(data).__module__.startswith("dask")
+
+
+def test_frames_rgb_images_and_single_pages_are_not_stacks(tmp_path):
+    rgb, page, corrupt = tmp_path / "rgb.tif", tmp_path / "page.tif", tmp_path / "corrupt.tif"
+    tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(page, np.zeros((1, 32, 32), np.uint16))
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 12)
+    assert open_volume(rgb, 2**30) is None and open_volume(page, 2**30) is None
+    from napari_etdms.io import ReadError
+
+    with pytest.raises(ReadError, match="corrupt.tif"):
+        open_volume(corrupt, 2**30)
+
+
+def test_a_stack_is_refused_as_tiff_output_before_any_work(tiny_weights, zarr_volume, tmp_path, capsys):
+    assert infer(zarr_volume, tmp_path / "out", tiny_weights, "--output-format", "tiff") == 1
+    assert "a stack of slices is written as 3D OME-Zarr" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "vol_etdms_x4.ome.zarr").exists()

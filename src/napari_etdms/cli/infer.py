@@ -27,10 +27,12 @@ def add_commands(sub) -> None:
         "<name>_bicubic_x4.tif and <name>_denoised_bicubic_x4.tif (plus _std_x4.tif with --samples > 1) with "
         "pixel size and provenance, or the same as .ome.zarr multiscale images (--output-format zarr, the "
         "default for OME-Zarr inputs), whose x4 arrays stay on disk while they are made, so frames whose x4 "
-        "output does not fit in memory can be processed. With no INPUT, processes the bundled sample frames.",
+        "output does not fit in memory can be processed. A stack (3D OME-Zarr, multi-page TIFF) runs slice by "
+        "slice into 3D OME-Zarr outputs; the same command resumes a stopped stack. With no INPUT, processes the "
+        "bundled sample frames.",
     )
     infer.add_argument("inputs", nargs="*", metavar="INPUT",
-                       help="TIFF (8/16-bit), PNG or OME-Zarr (.zarr) images, or folders of them")
+                       help="TIFF (8/16-bit), PNG or OME-Zarr (.zarr) images or stacks, or folders of them")
     infer.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
     infer.add_argument("--overwrite", action="store_true",
                        help="replace each input's existing outputs as a set, removing those of an earlier run that "

@@ -8,6 +8,10 @@ OME-Zarr per output (`io.volume`): resumable, slice-parallel on dask.distributed
   model once, computes its slices and writes them straight into the stores (a slice is its own
   chunk), so nothing is gathered. With the same thread count a slice's arrays are the same
   whichever process computes them.
+- **Noise from the neighbouring slices.** A slice's noise is also estimated from its second
+  difference along z, which fine texture and sharp edges within the slice do not enter
+  (`stage1.noise.slice_noise`): on such content the single-frame estimate reads structure as
+  noise, and stage 2 then smooths what it should sharpen.
 - **No z-flicker from sampling.** Every slice runs with the same seed, so a diffusion stage 2
   draws the same noise field in every slice and what it generates varies only as the data do
   (a one-evaluation stage 2 has no draws at all). `benchmarks/volume_flicker.py` measures it.
@@ -26,11 +30,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from napari_etdms import __version__
 from napari_etdms.engine.process import cached_pipeline, use_batch_threads, weights_provenance
 from napari_etdms.engine.settings import RunSettings
+from napari_etdms.io.files import TEMPORARY_SUFFIX
 from napari_etdms.io.ome_zarr import ZarrArrays
 from napari_etdms.io.volume import Volume, VolumeStore, open_volume, slice_bytes
+from napari_etdms.stage1.noise import NoiseModel, frame_noise, slice_noise
 
 SCALES = {"denoised": 1, "bicubic_input": 4, "bicubic_denoised": 4, "super_resolved": 4, "std": 4}
 RESUME_KEYS = ("weights", "settings", "source_shape")  # a store resumes only the run these describe
@@ -118,11 +126,15 @@ class VolumeRun:
     def compute(self, pipeline, slices: list[int], progress: Callable[[int], None] | None = None,
                 cancel=None) -> list[int]:
         """Run, write and finish each of `slices`; `progress(z)` after each."""
-        scratch = Path(tempfile.mkdtemp(prefix=".etdms-volume-", dir=next(iter(self.stores.values())).path.parent))
+        first = next(iter(self.stores.values())).path
+        scratch = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=TEMPORARY_SUFFIX, dir=first.parent))
+        read = SliceCache(self.volume)
         try:
             for z in slices:
-                result = pipeline.run_with(self.volume.slice(z), self.settings, cancel=cancel,
+                noise, how = volume_slice_noise(read, z, len(self.volume))
+                result = pipeline.run_with(read(z), self.settings, noise=noise, cancel=cancel,
                                            arrays=SliceArrays(self.stores, z, scratch / f"z{z}"))
+                result.metadata["noise"]["source"] = how
                 if "denoised" in self.stores:
                     self.stores["denoised"].write_slice(z, result.denoised)
                 for store in self.stores.values():
@@ -133,6 +145,30 @@ class VolumeRun:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return slices
+
+
+class SliceCache:
+    """`volume.slice`, keeping the last few slices read: each slice's noise is estimated with
+    its neighbours, which the next slices need again."""
+
+    def __init__(self, volume: Volume, keep: int = 4):
+        self.volume, self.keep, self.slices = volume, keep, {}
+
+    def __call__(self, z: int) -> np.ndarray:
+        if z not in self.slices:
+            if len(self.slices) >= self.keep:
+                self.slices.pop(next(iter(self.slices)))
+            self.slices[z] = self.volume.slice(z)
+        return self.slices[z]
+
+
+def volume_slice_noise(read: Callable[[int], np.ndarray], z: int, count: int) -> tuple[NoiseModel, str]:
+    """Slice `z`'s noise model with its two nearest neighbours along z (`stage1.slice_noise`);
+    a stack of two slices has no second difference: its slices are estimated alone."""
+    if count < 3:
+        return frame_noise(read(z))
+    before, after = (1, 2) if z == 0 else (count - 2, count - 3) if z == count - 1 else (z - 1, z + 1)
+    return slice_noise(read(before), read(z), read(after))
 
 
 def compute_slices(source: Path, outputs: dict[str, Path], batch, slices: list[int]) -> list[int]:

@@ -10,6 +10,7 @@ run the TorchScript, whose attention is written out for their older libtorch bui
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple, Optional  # noqa: UP035  (TorchScript and older Pythons read it)
 
@@ -46,6 +47,9 @@ def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.
     windows = _partition(region[None, :, :, None], window).squeeze(-1)  # (nW, N)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.zeros_like(diff).masked_fill(diff != 0, float("-inf"))
+
+
+_cached_shift_mask = functools.lru_cache(maxsize=16)(_shift_mask)  # tile sizes repeat: made once each
 
 
 def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -198,6 +202,10 @@ class SwinIRDenoiser(nn.Module):
             self.groups[index].conv.weight.zero_()
             self.groups[index].conv.bias.zero_()
 
+    @torch.jit.unused
+    def _cached_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        return _cached_shift_mask(height, width, self.window, self.window // 2, device)
+
     def forward(self, x: torch.Tensor, noise_level: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         """`noise_level` (noise-map models only): the noise standard deviation of `x`, a
         (B, 1, H, W) map or anything that broadcasts to it, e.g. (B, 1, 1, 1).
@@ -219,8 +227,11 @@ class SwinIRDenoiser(nn.Module):
         if pad_h > 0 or pad_w > 0:
             x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
         feat = self.conv_first(x)
-        # one mask for every shifted block, made for this size (cheap beside the network)
-        mask = _shift_mask(h + pad_h, w + pad_w, self.window, self.window // 2, x.device)
+        # one mask for every shifted block, made once per size (TorchScript: per call, for any size)
+        if torch.jit.is_scripting():
+            mask = _shift_mask(h + pad_h, w + pad_w, self.window, self.window // 2, x.device)
+        else:
+            mask = self._cached_mask(h + pad_h, w + pad_w, x.device)
         tokens = self.embed_norm(feat.permute(0, 2, 3, 1))
         for group in self.groups:
             tokens = group(tokens, mask)

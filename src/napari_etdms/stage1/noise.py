@@ -421,3 +421,68 @@ def frame_noise(frame: np.ndarray) -> tuple[NoiseModel, str]:
 
         sigma = float(estimate_sigma(np.asarray(frame, dtype=np.float64)))
         return NoiseModel(0.0, sigma**2), "estimated (Gaussian only: frame too small for the Poisson-Gaussian fit)"
+
+
+# ---- estimation across the slices of a volume --------------------------------------------
+
+
+def estimate_noise_across_slices(before: np.ndarray, frame: np.ndarray, after: np.ndarray) -> NoiseModel:
+    """Poisson-Gaussian `gain` and `offset` of `frame`, a slice of a volume, from it and its two
+    neighbours (any order along z; in the frame's units).
+
+    Slices are acquired separately, so their noise is independent, while a volume's structure
+    changes little from one slice to the next: d = (2 frame - before - after) / sqrt(6) has the
+    slice's noise variance (4 + 1 + 1 of it over 6) plus what the structure's curvature along z
+    leaves. Unlike the single-frame residual (`estimate_noise`), fine texture and sharp edges
+    within the slice do not enter d. Pixels are binned by the slice's local mean level (as
+    there), each bin's robust variance taken, and the same line fitted. Raises ValueError
+    when the slices differ in shape or are too small."""
+    slices = [np.asarray(a, dtype=np.float64) for a in (before, frame, after)]
+    if len({a.shape for a in slices}) != 1 or slices[1].ndim != 2:
+        raise ValueError("the slice and its neighbours must be 2D frames of one shape")
+    if min(slices[1].shape) < 16 or slices[1].size < 4096:
+        raise ValueError(f"slice {slices[1].shape} is too small to estimate its noise")
+    centre = slices[1]
+    residual = ((2.0 * centre - slices[0] - slices[2]) / _SQRT6).ravel()
+    level = ndimage.gaussian_filter(centre, _MEAN_SIGMA, mode="reflect").ravel()
+    clipped = np.zeros(centre.shape, dtype=bool)
+    for value in (centre.min(), centre.max()):  # as in estimate_noise: shared extremes are clipped
+        at = centre == value
+        if np.count_nonzero(at) > 2:
+            clipped |= at
+    good = np.flatnonzero(~ndimage.maximum_filter(clipped, _NEAR_CLIPPED, mode="nearest").ravel())
+    n_bins = int(np.clip(good.size // 2000, 2, _MAX_BINS))
+    if good.size < n_bins * _MIN_BIN:
+        raise ValueError("too few unclipped pixels to estimate the noise")
+    edges = np.quantile(level[good], np.linspace(0.0, 1.0, n_bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, level[good])
+    x, variances, counts = [], [], []
+    for k in range(n_bins):
+        members = good[bin_of == k]
+        if members.size >= _MIN_BIN:
+            x.append(level[members].mean())
+            variances.append(_robust_var(residual[members]))
+            counts.append(members.size)
+    span = float(centre.max() - centre.min())
+    gain, offset, _ = _fit_line(np.asarray(x), np.asarray(variances), np.asarray(counts, dtype=np.float64),
+                                (1e-6 * span) ** 2)
+    return NoiseModel(gain=gain, offset=offset)
+
+
+def slice_noise(before: np.ndarray, frame: np.ndarray, after: np.ndarray) -> tuple[NoiseModel, str]:
+    """A volume slice's noise model and how it was found: the single-frame fit (`frame_noise`)
+    and the fit across slices (`estimate_noise_across_slices`) both take structure for noise,
+    each its own (texture and edges within the slice; change along z), never less than the
+    noise: the one with less noise at the slice's median level is kept (row correlation and
+    offsets are the single-frame fit's)."""
+    single, how = frame_noise(frame)
+    window = [noise_sample(np.asarray(a)) for a in (before, frame, after)]
+    try:
+        across = estimate_noise_across_slices(*window)
+    except ValueError:
+        return single, how
+    level = float(np.median(window[1]))
+    if across.std_at(level) >= single.std_at(level):
+        return single, how
+    return (NoiseModel(across.gain, across.offset, single.row_correlation, single.row_offset_std),
+            "estimated across slices (Poisson-Gaussian fit of the second difference along z)")
