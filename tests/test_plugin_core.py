@@ -54,6 +54,22 @@ def test_job_yields_progress_and_returns_results(tiny_weights):
     assert events[-1].done == events[-1].total and events[-1].eta_s == pytest.approx(0, abs=1e-6)
 
 
+def test_all_slices_of_a_stack_take_their_noise_across_neighbouring_slices(tiny_weights):
+    """As `etdms infer` does a volume: each slice's noise with its neighbours along z."""
+    from napari_etdms.engine import volume_slice_noise
+
+    worker_module.load_pipeline.cache_clear()
+    rng = np.random.default_rng(0)
+    clean = sem_like((96, 96)).astype(np.float64)
+    stack = [np.clip(clean + rng.normal(0, 900, clean.shape), 0, 65535).astype(np.uint16) for _ in range(4)]
+    job = Job(stack, str(tiny_weights.folder), "cpu", "float32", RunSettings(sampler="ddim", steps=1, tile=32))
+    _, results = _drain(run_job(job, threading.Event()))
+    for index in (0, 2, 3):
+        assert results[index].noise == volume_slice_noise(stack.__getitem__, index, len(stack))[0]
+    single = Job(stack[:1], str(tiny_weights.folder), "cpu", "float32", RunSettings(sampler="ddim", steps=1, tile=32))
+    assert worker_module.slice_noise_of(single, 0) is None  # one whole frame: the pipeline estimates it
+
+
 def test_a_bad_slice_stops_the_job_and_is_named(tiny_weights):
     from napari_etdms.engine.pipeline import InputError
 

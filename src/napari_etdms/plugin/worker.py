@@ -15,9 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_etdms.engine import DEFAULTS, Cancelled, InputError, Pipeline, Result, RunSettings, run_serially
+from napari_etdms.engine import (
+    DEFAULTS,
+    Cancelled,
+    InputError,
+    Pipeline,
+    Result,
+    RunSettings,
+    run_serially,
+    volume_slice_noise,
+)
 from napari_etdms.runtime import use_threads
-from napari_etdms.stage1 import frame_noise
+from napari_etdms.stage1 import NoiseModel, frame_noise
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,16 @@ def _in_background(work, cancel: threading.Event):
         thread.join()
 
 
+def slice_noise_of(job: Job, index: int) -> NoiseModel | None:
+    """Frame `index`'s noise model: in a stack of three or more slices, also estimated across
+    its neighbours (`engine.volume_slice_noise`, as `etdms infer` does volumes); from its whole
+    slice for a region; None (the pipeline estimates it) for one whole frame."""
+    frames = job.noise_frames or job.frames
+    if len(frames) >= 3:
+        return volume_slice_noise(frames.__getitem__, index, len(frames))[0]
+    return frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
+
+
 def run_job(job: Job, cancel: threading.Event):
     """Generator: yields Progress, returns the list of Results (one per frame), or None
     when `cancel` was set (nothing partial). Closing the generator also cancels."""
@@ -114,7 +133,7 @@ def run_job(job: Job, cancel: threading.Event):
         pipeline = load_pipeline(job.weights, job.device, job.precision)
 
         def run_slice(index, progress):
-            noise = frame_noise(job.noise_frames[index])[0] if job.noise_frames else None
+            noise = slice_noise_of(job, index)
             try:
                 return _run_with_backoff(pipeline, job.frames[index], job.settings, noise=noise, progress=progress,
                                          cancel=cancel)
