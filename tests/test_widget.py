@@ -489,3 +489,37 @@ def test_adapting_on_a_frame_too_small_says_why(setup, qtbot, monkeypatch, tmp_p
     adapt_and_wait(qtbot, widget)
     assert widget.status.value.startswith("error:") and "too small to adapt on" in widget.status.value
     assert widget.adapt_panel.button.text == "Adapt to this image" and not widget.running
+
+
+def test_all_slices_of_a_stack_file_go_to_3d_ome_zarr_and_a_rerun_resumes(setup, qtbot, tmp_path, monkeypatch):
+    pytest.importorskip("ome_zarr", reason="the zarr extra is part of the test extra")
+    from napari_etdms.engine import Pipeline
+    from napari_etdms.io import VolumeStore
+    from napari_etdms.plugin.reader import read_sem
+
+    viewer, widget, _, _ = setup
+    source = tmp_path / "stack.ome.zarr"
+    store = VolumeStore(source)
+    store.create((3, 24, 28), pixel_size_nm=4.0, z_spacing_nm=10.0, record={"layer": "input"})
+    for z in range(3):
+        store.write_slice(z, sem_like((24, 28), np.uint16, seed=z))
+    [(data, kwargs, _)] = read_sem(str(source))
+    layer = viewer.add_image(data, **kwargs)
+    widget.image.value = layer
+    shown = lambda: not widget.stack_output.native.isHidden()  # noqa: E731  (the viewer itself is not shown)
+    assert not shown()  # the current slice runs in memory, as before
+    widget.slices.value = "all slices"
+    assert shown() and widget.stack_output.value == tmp_path / "stack-etdms"
+    computed = []
+    run_with = Pipeline.run_with
+    monkeypatch.setattr(Pipeline, "run_with", lambda self, image, *a, **k: computed.append(1) or run_with(
+        self, image, *a, **k))
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    x4 = viewer.layers["stack ETDMS x4"]
+    assert x4.data.shape == (3, 96, 112) and tuple(x4.scale) == pytest.approx((10.0, 1.0, 1.0))
+    assert type(x4.data).__module__.startswith("dask")  # read lazily from its store
+    assert VolumeStore(tmp_path / "stack-etdms" / "stack_etdms_x4.ome.zarr").completed() == {0, 1, 2}
+    assert len(computed) == 3
+    run_and_wait(qtbot, widget)  # everything complete: nothing is computed again
+    assert len(computed) == 3 and widget.status.value.startswith("done")

@@ -180,9 +180,10 @@ def compute_slices(source: Path, outputs: dict[str, Path], batch, slices: list[i
 
 
 def run_volume(job, batch, pipeline=None, progress: Callable[[int, int, str], None] | None = None,
-               client=None) -> str:
+               client=None, cancel=None) -> str:
     """One volume job: its missing slices here (`pipeline`) or as tasks on a dask `client`;
-    `progress(done, total, stage)` counts the volume's slices. Returns the line to report."""
+    `progress(done, total, stage)` counts the volume's slices; a set `cancel` stops within a
+    slice (the finished ones stay complete). Returns the line to report."""
     weights = pipeline.weights_provenance if pipeline is not None else weights_provenance(batch.weights)
     run = VolumeRun(job.source, job.outputs, batch.settings, weights, batch.max_pixels)
     todo = run.prepare(batch.overwrite)
@@ -198,7 +199,7 @@ def run_volume(job, batch, pipeline=None, progress: Callable[[int, int, str], No
         progress(already, total, "slices")
     if client is None:
         run.compute(pipeline or cached_pipeline(batch.weights, batch.device, batch.precision), todo,
-                    progress=lambda z: finished())
+                    progress=lambda z: finished(), cancel=cancel)
     else:
         _on_cluster(client, job, batch, todo, finished)
     seconds = time.monotonic() - started

@@ -45,6 +45,34 @@ def add_output_layers(viewer, results: list, context: dict) -> list[str]:
     return [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED if getattr(results[0], f) is not None]
 
 
+def add_stack_layers(viewer, layer, stores: dict, context: dict) -> list[str]:
+    """Add (or replace) the 3D OME-Zarr outputs of a stack run (`worker.stack_job`) as lazy
+    layers over the input stack `layer`: napari reads only the slices and tiles it shows."""
+    from napari_etdms.io import open_volume, volume_layer
+
+    for field_name, suffix in OUTPUTS.items():
+        if field_name not in stores:
+            continue
+        levels, provenance = volume_layer(open_volume(stores[field_name], max_pixels=2**62))
+        scale, translate = list(layer.scale), list(layer.translate)
+        if field_name != "denoised":
+            scale, translate = upscaled_geometry(scale, translate, 4)
+        kwargs = dict(scale=scale, translate=translate, units=tuple(layer.units), axis_labels=tuple(layer.axis_labels),
+                      multiscale=len(levels) > 1, metadata=provenance | {
+                          "input_layer": layer.name, "output": field_name, "store": str(stores[field_name]),
+                          "wall_time_s": round(time.monotonic() - context["started"], 2),
+                          "plugin": f"napari-etdms {__version__}"})
+        if field_name == "std":
+            kwargs["colormap"] = "magma"
+        else:
+            kwargs["contrast_limits"] = tuple(layer.contrast_limits)
+        name = f"{layer.name} {suffix}"
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        viewer.add_image(levels if len(levels) > 1 else levels[0], name=name, **kwargs)
+    return [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED if f in stores]
+
+
 def is_output(layer) -> bool:
     return "napari-etdms" in str(layer.metadata.get("plugin", ""))
 

@@ -32,11 +32,12 @@ from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, 
 
 from napari_etdms.diffusion import DEFAULT_PRESET, SAMPLERS
 from napari_etdms.engine import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
+from napari_etdms.io import open_volume
 from napari_etdms.plugin.adapt_panel import AdaptPanel
 from napari_etdms.plugin.compare import CompareView
 from napari_etdms.plugin.jobs import JobControls
-from napari_etdms.plugin.output_layers import add_output_layers, is_output
-from napari_etdms.plugin.worker import Job, adapt_job, run_job
+from napari_etdms.plugin.output_layers import add_output_layers, add_stack_layers, is_output
+from napari_etdms.plugin.worker import Job, StackJob, adapt_job, run_job, stack_job
 from napari_etdms.weights import DEFAULT_WEIGHTS, available
 
 LOCAL_FILE = "local weights file..."
@@ -110,6 +111,10 @@ class ETDMSWidget(QWidget):
     def _build(self):
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.slices = ComboBox(label="3D stack", choices=SLICES, value=SLICES[0], visible=False)
+        self.stack_output = FileEdit(
+            label="stack output", mode="d", visible=False,
+            tooltip="all slices of a stack file go to 3D OME-Zarr outputs in this folder, as etdms infer writes "
+                    "them (opened lazily); running again resumes a stopped run")
         self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
         self.strength = FloatSlider(
             label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=DEFAULTS.strength,
@@ -152,7 +157,8 @@ class ETDMSWidget(QWidget):
         self.status = Label(value="")
         self.form = Container()  # filled once built: magicgui then aligns the labels in one column
         self.form.extend([
-            self.image, self.slices, self.denoise, self.strength, self.noise_info, self.super_resolve, self.weights,
+            self.image, self.slices, self.stack_output, self.denoise, self.strength, self.noise_info,
+            self.super_resolve, self.weights,
             self.weights_file,
             self.device, self.device_info, self.sampler, self.steps, self.seed, self.samples,
             self.data_consistency, self.region,
@@ -165,6 +171,7 @@ class ETDMSWidget(QWidget):
         self.weights.changed.connect(lambda v: setattr(self.weights_file, "visible", v == LOCAL_FILE))
         self.region.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shapes rectangle"))
         self.image.changed.connect(self._image_changed)
+        self.slices.changed.connect(self._show_stack_output)
         self.sampler.changed.connect(self._sampler_changed)
         self.weights.changed.connect(self._apply_preset)
         self._apply_preset(self.weights.value)
@@ -252,6 +259,7 @@ class ETDMSWidget(QWidget):
 
     def _image_changed(self, layer):
         self.slices.visible = layer is not None and layer.ndim == 3
+        self._show_stack_output()
         if not self._following:  # the user's choice (or its layer was removed: follow again)
             self._image_pinned = layer is not None
 
@@ -408,33 +416,58 @@ class ETDMSWidget(QWidget):
         if self.compare.active:
             self._return_to_overlay()  # new outputs land in the overlay, where they are added
         try:
-            layer, frames, noise_frames, offset, slice_index = self._snapshot()
+            layer = self._chosen_image()
             weights = self._selected_weights()
-        except ValueError as err:
-            show_error(f"ETDMS: {err}")
-            return
-        if not (self.denoise.value or self.super_resolve.value):
-            show_error("ETDMS: choose at least one stage (denoise or super-resolve)")
-            return
-        try:  # checked together before any work, as the CLI checks them
-            sampled = self.sampler.enabled  # a diffusion stage 2 (see _show_sampling)
-            settings = RunSettings(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
-                                   sampler=self.sampler.value if sampled else None,
-                                   steps=self.steps.value if sampled else None, seed=self.seed.value,
-                                   samples=self.samples.value, data_consistency=self.data_consistency.value,
-                                   tile=self.tile.value, overlap=self.overlap.value,
-                                   batch_size=self.batch_size.value or None,  # 0: auto
-                                   strength=round(float(self.strength.value), 3))
+            if not (self.denoise.value or self.super_resolve.value):
+                raise ValueError("choose at least one stage (denoise or super-resolve)")
+            settings = self._run_settings()  # checked together before any work, as the CLI checks them
+            whole_stack = self.slices.value == SLICES[1] and self.region.value == REGIONS[0]
+            stack = self._stack_file(layer) if whole_stack else None
+            if stack is None:
+                _, frames, noise_frames, offset, slice_index = self._snapshot()
         except ValueError as err:
             show_error(f"ETDMS: {err}")
             self.status.value = f"error: {err}"
             return
         self._save_settings()
+        context = {"layer": layer, "started": time.monotonic()}
+        if stack is not None:
+            job = StackJob(stack, Path(self.stack_output.value), weights, self.device.value, self.precision.value,
+                           settings)
+            self.jobs.start(lambda cancel: stack_job(job, cancel), lambda outcome: self._finish(outcome, context),
+                            self.run_button, "loading weights...")
+            return
         job = Job(frames, weights, self.device.value, self.precision.value, settings, noise_frames)
-        context = {"layer": layer, "offset": offset, "slice": slice_index, "started": time.monotonic(),
-                   "region": self.region.value, "noise_from_whole": noise_frames is not None}
+        context |= {"offset": offset, "slice": slice_index, "region": self.region.value,
+                    "noise_from_whole": noise_frames is not None}
         self.jobs.start(lambda cancel: run_job(job, cancel), lambda outcome: self._finish(outcome, context),
                         self.run_button, "loading weights...")
+
+    def _run_settings(self) -> RunSettings:
+        sampled = self.sampler.enabled  # a diffusion stage 2 (see _show_sampling)
+        return RunSettings(denoise=self.denoise.value, super_resolve=self.super_resolve.value,
+                           sampler=self.sampler.value if sampled else None,
+                           steps=self.steps.value if sampled else None, seed=self.seed.value,
+                           samples=self.samples.value, data_consistency=self.data_consistency.value,
+                           tile=self.tile.value, overlap=self.overlap.value,
+                           batch_size=self.batch_size.value or None,  # 0: auto
+                           strength=round(float(self.strength.value), 3))
+
+    def _stack_file(self, layer) -> Path | None:
+        """The stack file (3D OME-Zarr, multi-page TIFF) a 3D image layer was read from, if any."""
+        source = (layer.metadata or {}).get("source_path") if layer is not None and layer.ndim == 3 else None
+        try:
+            return Path(source) if source and open_volume(source, max_pixels=2**62) is not None else None
+        except (OSError, ValueError, ImportError):  # moved, unreadable, or no zarr extra: run in memory
+            return None
+
+    def _show_stack_output(self, _=None):
+        """All slices of a stack file go to 3D OME-Zarr outputs: the folder is asked for then."""
+        source = self._stack_file(self.image.value) if self.slices.value == SLICES[1] else None
+        self.stack_output.visible = source is not None
+        if source is not None and str(self.stack_output.value) in ("", "."):
+            stem = source.name.split(".")[0]
+            self.stack_output.value = source.parent / f"{stem}-etdms"
 
     def adapt(self):
         """Adapt stage 1 of the chosen weights to the chosen image (the "Adapt to this image"
@@ -464,6 +497,10 @@ class ETDMSWidget(QWidget):
         elif outcome.get("results") is None:
             show_info("ETDMS: cancelled; no layers were added or changed")
             self.status.value = "cancelled"
+        elif isinstance(outcome["results"], dict):  # a stack's stores (worker.stack_job)
+            self._compared = add_stack_layers(self.viewer, context["layer"], outcome["results"], context)
+            self.status.value = f"done in {time.monotonic() - context['started']:.1f} s"
+            self.compare_button.enabled = len(self._compared) > 1
         else:
             self._show_outputs(outcome["results"], context)
 

@@ -191,3 +191,40 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
 
 
 __all__ = ["AdaptJob", "Cancelled", "Job", "Progress", "adapt_job", "load_pipeline", "run_job"]
+
+
+@dataclass
+class StackJob:
+    """Every slice of a stack file (3D OME-Zarr, multi-page TIFF) into 3D OME-Zarr outputs in
+    `output`, as `etdms infer` writes them: the same job again resumes a stopped one."""
+
+    source: Path
+    output: Path
+    weights: str | None
+    device: str = "auto"
+    precision: str = "auto"
+    settings: RunSettings = DEFAULTS
+
+
+def stack_job(job: StackJob, cancel: threading.Event):
+    """Generator: yields Progress over the stack's slices, returns {Result field: store path}
+    of the outputs, or None when cancelled (the slices finished so far stay complete)."""
+    from napari_etdms.engine import BatchSettings, plan, run_volume
+
+    started = time.monotonic()
+
+    def work(report):
+        threads = use_threads()
+        [file_job] = plan([job.source], job.output, overwrite=False)
+        if file_job.problem or not file_job.volume:
+            raise ValueError(file_job.problem or f"{job.source}: not a stack of slices")
+        pipeline = load_pipeline(job.weights, job.device, job.precision)
+        batch = BatchSettings(job.weights, job.device, job.precision, job.settings, threads=threads.count)
+
+        def relay(done, total, stage):
+            report(Progress(done, total, stage, 0, 1, _eta(started, done / total if total else 0.0)))
+
+        run_volume(file_job, batch, pipeline, progress=relay, cancel=cancel)
+        return {field: path for field, path in file_job.outputs.items() if path.exists()}
+
+    return (yield from _in_background(work, cancel))
