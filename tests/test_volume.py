@@ -165,3 +165,18 @@ def test_a_stack_is_refused_as_tiff_output_before_any_work(tiny_weights, zarr_vo
     assert infer(zarr_volume, tmp_path / "out", tiny_weights, "--output-format", "tiff") == 1
     assert "a stack of slices is written as 3D OME-Zarr" in capsys.readouterr().err
     assert not (tmp_path / "out" / "vol_etdms_x4.ome.zarr").exists()
+
+
+def test_a_rerun_into_the_folder_of_the_outputs_does_not_take_them_as_stacks(tiny_weights, zarr_volume, tmp_path):
+    from napari_etdms.io import is_our_output, read_provenance
+
+    out = zarr_volume.parent  # the outputs land beside the input
+    assert infer(zarr_volume, out, tiny_weights) == 0
+    x4 = out / "vol_etdms_x4.ome.zarr"
+    info = read_provenance(x4)
+    assert is_our_output(x4) and info["pixel_size_nm"] == pytest.approx(2.0)
+    assert info["provenance"]["weights"]["name"] == "tiny-test"
+    assert not is_our_output(zarr_volume)
+    computed = len(VolumeStore(x4).completed())
+    assert infer(out, out, tiny_weights) == 0  # the folder: only the input stack, already complete
+    assert len(VolumeStore(x4).completed()) == computed == SLICES

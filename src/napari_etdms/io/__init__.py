@@ -1,7 +1,8 @@
 """Files: SEM frames read with their vendor metadata, pixel size and databar, and outputs written.
 
-- `read`: `read_frame` (TIFF, PNG, OME-Zarr) and `read_provenance`; one module per vendor family
-  or open format for the metadata: `fei`, `zeiss`, `tescan`, `ome`, `imagej`
+- `read`: `read_frame` (TIFF, PNG, OME-Zarr) and `read_provenance`; `metadata`: a TIFF's pixel
+  size and vendor metadata, from one module per vendor family or open format: `fei`, `zeiss`,
+  `tescan`, `ome`, `imagej`
 - `databar`: the strip of text under the scan area, found and split off
 - `frame`, `units`: what a read gives (`Frame`, `ReadError`), lengths in nm, JSON-safe metadata
 - `write`: TIFFs with pixel size and provenance; `ome_zarr`: OME-Zarr images read and written

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_etdms.io import fei, imagej, ome, tescan, zeiss
+from napari_etdms.io import fei, imagej
 from napari_etdms.io.databar import detect_databar, split_databar
 from napari_etdms.io.frame import DEFAULT_MAX_PIXELS, ZARR_SUFFIX, Frame, ReadError, check_pixel_count
-from napari_etdms.io.ome_zarr import multiscale_layer, read_ome_zarr
-
-# vendor families and open formats, in the order their pixel sizes are trusted
-VENDOR_READERS = (fei.read_metadata, zeiss.read_metadata, tescan.read_metadata, ome.read_metadata,
-                  imagej.read_metadata, imagej.read_tifffile_metadata)
+from napari_etdms.io.metadata import tiff_metadata
+from napari_etdms.io.ome_zarr import multiscale_layer, read_ome_zarr, read_zarr_provenance
+from napari_etdms.io.volume import open_volume
 
 
 def read_frame(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
@@ -83,52 +81,15 @@ def _read_tiff(path: Path, max_pixels: int) -> Frame:
     return Frame(data=data, path=path, pixel_size_nm=pixel_size_nm, databar=bar, metadata=metadata)
 
 
-def tiff_metadata(tif, width: int) -> tuple[dict, float | None]:
-    """(metadata, pixel size in nm) of an open `tifffile.TiffFile`, without reading pixels.
-
-    The metadata holds `vendor` ('FEI', 'Zeiss', 'Tescan', 'OME', 'ImageJ' or None), the vendor's
-    metadata under 'fei', 'zeiss', 'tescan', 'ome' or 'imagej' (JSON-serialisable), `pixel_size_source`
-    when a pixel size was found, `provenance` for files written by `write_tiff`, and
-    `pixel_size_warning` when vendor metadata was present but unusable.
-    """
-    metadata: dict = {"vendor": None}
-    candidates = []  # (pixel size nm or None, source), first usable one wins
-    warnings = []
-    for read in VENDOR_READERS:
-        try:
-            found = read(tif, width)
-        except ValueError as err:  # malformed vendor metadata: named, and the others still count
-            warnings.append(str(err))
-            continue
-        if found is None:
-            continue
-        if metadata["vendor"] is None:
-            metadata["vendor"] = found.vendor
-        if found.key:
-            metadata[found.key] = found.values
-        candidates.extend(found.pixel_sizes)
-        if found.provenance is not None:
-            metadata.setdefault("provenance", found.provenance)
-
-    pixel_size_nm = None
-    for value, source in candidates:
-        if value:
-            pixel_size_nm = value
-            metadata["pixel_size_source"] = source
-            break
-    if pixel_size_nm is None and metadata["vendor"] not in (None, "ImageJ"):
-        warnings.append(f"{metadata['vendor']} metadata present but without a usable pixel size")
-    if warnings:
-        metadata["pixel_size_warning"] = "; ".join(warnings)
-    return metadata, pixel_size_nm
-
-
 def read_provenance(path: str | os.PathLike) -> dict:
     """Provenance and pixel size stored by `write_tiff` (or in an OME-Zarr output)."""
     import tifffile
 
     if Path(path).suffix.lower() == ZARR_SUFFIX:
-        _, pixel_size_nm, provenance = multiscale_layer(Path(path))  # lazy: nothing is decoded
+        volume = open_volume(path, max_pixels=2**62)  # headers only: nothing is decoded
+        if volume is not None:  # a stack's output (or any 3D image)
+            return {"provenance": read_zarr_provenance(Path(path)), "pixel_size_nm": volume.pixel_size_nm}
+        _, pixel_size_nm, provenance = multiscale_layer(Path(path))
         return {"provenance": provenance, "pixel_size_nm": pixel_size_nm}
 
     with tifffile.TiffFile(path) as tif:

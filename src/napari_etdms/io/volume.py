@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_etdms.io.frame import ZARR_SUFFIX, ReadError, check_pixel_count
+from napari_etdms.io.metadata import tiff_metadata
 from napari_etdms.io.ome_zarr import CHUNK, PROVENANCE_KEY, SMALLEST_LEVEL, require_zarr
 from napari_etdms.io.units import length_nm, to_jsonable
 
@@ -78,8 +79,6 @@ def open_volume(path: str | Path, max_pixels: int) -> Volume | None:
 
 def _tiff_volume(path: Path) -> Volume | None:
     import tifffile
-
-    from napari_etdms.io.read import tiff_metadata
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
