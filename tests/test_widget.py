@@ -510,6 +510,7 @@ def test_all_slices_of_a_stack_file_go_to_3d_ome_zarr_and_a_rerun_resumes(setup,
     assert not shown()  # the current slice runs in memory, as before
     widget.slices.value = "all slices"
     assert shown() and widget.stack_output.value == tmp_path / "stack-etdms"
+    assert widget.stack_output.line_edit.tooltip == str(tmp_path / "stack-etdms")  # the whole path, where cut
     computed = []
     run_with = Pipeline.run_with
     monkeypatch.setattr(Pipeline, "run_with", lambda self, image, *a, **k: computed.append(1) or run_with(

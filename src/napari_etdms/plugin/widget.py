@@ -115,6 +115,9 @@ class ETDMSWidget(QWidget):
             label="stack output", mode="d", visible=False,
             tooltip="all slices of a stack file go to 3D OME-Zarr outputs in this folder, as etdms infer writes "
                     "them (opened lazily); running again resumes a stopped run")
+        # a narrow dock: the path gets the room (its end shown, all of it in the tooltip), the button little
+        self.stack_output.choose_btn.text = "..."
+        self.stack_output.changed.connect(self._show_stack_path)
         self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
         self.strength = FloatSlider(
             label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=DEFAULTS.strength,
@@ -460,6 +463,11 @@ class ETDMSWidget(QWidget):
             return Path(source) if source and open_volume(source, max_pixels=2**62) is not None else None
         except (OSError, ValueError, ImportError):  # moved, unreadable, or no zarr extra: run in memory
             return None
+
+    def _show_stack_path(self, _=None):
+        path = str(self.stack_output.value)
+        self.stack_output.line_edit.tooltip = path
+        self.stack_output.line_edit.native.setCursorPosition(len(path))  # the folder's name, not the drive's
 
     def _show_stack_output(self, _=None):
         """All slices of a stack file go to 3D OME-Zarr outputs: the folder is asked for then."""
