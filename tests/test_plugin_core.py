@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import sem_like
 
+from napari_etdms.engine import cached_pipeline
 from napari_etdms.engine.settings import RunSettings
 from napari_etdms.plugin import worker as worker_module
 from napari_etdms.plugin.geometry import pyramid_levels, region_geometry, upscaled_geometry
@@ -45,7 +46,7 @@ def _drain(generator):
 
 
 def test_job_yields_progress_and_returns_results(tiny_weights):
-    worker_module.load_pipeline.cache_clear()
+    cached_pipeline.cache_clear()
     job = Job([sem_like((32, 32)), sem_like((32, 32), seed=1)], str(tiny_weights.folder), "cpu", "float32",
               RunSettings(sampler="ddim", steps=2, tile=32, overlap=8))
     events, results = _drain(run_job(job, threading.Event()))
@@ -58,7 +59,7 @@ def test_all_slices_of_a_stack_take_their_noise_across_neighbouring_slices(tiny_
     """As `etdms infer` does a volume: each slice's noise with its neighbours along z."""
     from napari_etdms.engine import volume_slice_noise
 
-    worker_module.load_pipeline.cache_clear()
+    cached_pipeline.cache_clear()
     rng = np.random.default_rng(0)
     clean = sem_like((96, 96)).astype(np.float64)
     stack = [np.clip(clean + rng.normal(0, 900, clean.shape), 0, 65535).astype(np.uint16) for _ in range(4)]

@@ -25,12 +25,12 @@ from napari_etdms.engine.batch import (
     run_serially,
 )
 from napari_etdms.engine.pipeline import InputError, Pipeline, Result
-from napari_etdms.engine.process import BatchSettings
+from napari_etdms.engine.process import BatchSettings, cached_pipeline
 from napari_etdms.engine.settings import DEFAULTS, MAX_STRENGTH, MIN_TILE, RunSettings
 from napari_etdms.engine.tiling import Cancelled
 from napari_etdms.engine.volume import run_volume, volume_slice_noise
 
-__all__ = ["BatchProgress", "BatchSettings", "Cancelled", "check_output_folder", "DEFAULTS", "FILE_ERRORS",
-           "FileJob", "FileReporter", "input_files", "InputError", "MAX_STRENGTH", "MIN_TILE", "OUTPUT_NAMES",
-           "OutputFolderError", "Pipeline", "plan", "process_file", "Result", "run_distributed", "run_files",
-           "run_serially", "run_volume", "RunSettings", "volume_slice_noise"]
+__all__ = ["BatchProgress", "BatchSettings", "cached_pipeline", "Cancelled", "check_output_folder", "DEFAULTS",
+           "FILE_ERRORS", "FileJob", "FileReporter", "input_files", "InputError", "MAX_STRENGTH", "MIN_TILE",
+           "OUTPUT_NAMES", "OutputFolderError", "Pipeline", "plan", "process_file", "Result", "run_distributed",
+           "run_files", "run_serially", "run_volume", "RunSettings", "volume_slice_noise"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from napari_etdms.engine.pipeline import Pipeline, Result
+from napari_etdms.engine.pipeline import OUTPUT_SCALES, Pipeline, Result
 from napari_etdms.engine.process import BatchSettings, cached_pipeline, use_batch_threads
 from napari_etdms.engine.volume import run_volume
 from napari_etdms.io import (
@@ -190,8 +190,7 @@ def _is_volume(path: Path) -> bool:
 
 
 def _pixel_sizes(job: FileJob, pixel_size_nm: float | None) -> dict[str, float | None]:
-    return {field: pixel_size_nm / (1 if field == "denoised" else 4) if pixel_size_nm else None
-            for field in job.outputs}
+    return {field: pixel_size_nm / OUTPUT_SCALES[field] if pixel_size_nm else None for field in job.outputs}
 
 
 def write_outputs(job: FileJob, result: Result, pixel_size_nm: float | None, provenance: dict,

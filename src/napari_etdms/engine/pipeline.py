@@ -163,6 +163,11 @@ class Result:
     metadata: dict = field(default_factory=dict)
 
 
+# each image output's size relative to the input frame (Result fields)
+OUTPUT_SCALES = {"denoised": 1, "bicubic_input": SCALE, "bicubic_denoised": SCALE, "super_resolved": SCALE,
+                 "std": SCALE}
+
+
 class Pipeline:
     def __init__(
         self,

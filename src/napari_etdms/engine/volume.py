@@ -23,7 +23,6 @@ OME-Zarr per output (`io.volume`): resumable, slice-parallel on dask.distributed
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import tempfile
 import time
@@ -33,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_etdms import __version__
+from napari_etdms.engine.pipeline import OUTPUT_SCALES
 from napari_etdms.engine.process import cached_pipeline, use_batch_threads, weights_provenance
 from napari_etdms.engine.settings import RunSettings
 from napari_etdms.io.files import TEMPORARY_SUFFIX
-from napari_etdms.io.ome_zarr import ZarrArrays
+from napari_etdms.io.ome_zarr import ZarrArrays, scratch_bytes
 from napari_etdms.io.volume import Volume, VolumeStore, open_volume, slice_bytes
 from napari_etdms.stage1.noise import NoiseModel, frame_noise, slice_noise
 
-SCALES = {"denoised": 1, "bicubic_input": 4, "bicubic_denoised": 4, "super_resolved": 4, "std": 4}
 RESUME_KEYS = ("weights", "settings", "source_shape")  # a store resumes only the run these describe
 SLICES_PER_TASK = 4  # a cluster task's slices: few enough to spread, enough to keep the model busy
 
@@ -90,7 +89,7 @@ class VolumeRun:
 
     def pixel_size(self, field: str) -> float | None:
         px = self.volume.pixel_size_nm
-        return px / SCALES[field] if px else None
+        return px / OUTPUT_SCALES[field] if px else None
 
     def prepare(self, overwrite: bool) -> list[int]:
         """Create the stores, or check that they are this run's; returns the slices still to do."""
@@ -106,7 +105,7 @@ class VolumeRun:
                         f"{store.path}: made by another run ({', '.join(differs)} differ); --overwrite starts over")
             else:
                 z, h, w = self.volume.shape
-                scale = SCALES[field]
+                scale = OUTPUT_SCALES[field]
                 store.create((z, h * scale, w * scale), self.pixel_size(field), self.volume.z_spacing_nm,
                              self.record(field))
         done = set.intersection(*(store.completed() for store in self.stores.values()))
@@ -114,10 +113,15 @@ class VolumeRun:
         self.check_disk(len(todo))
         return todo
 
+    @property
+    def folder(self) -> Path:
+        """Where the output stores are (and the scratch folder, beside them)."""
+        return next(iter(self.stores.values())).path.parent
+
     def check_disk(self, slices: int) -> None:
-        folder = next(iter(self.stores.values())).path.parent
-        per_slice = slice_bytes(self.volume.shape[1:], {field: SCALES[field] for field in self.stores})
-        scratch = 3 * 16 * math.prod(self.volume.shape[1:]) * 4  # stage 2's state for one slice
+        folder = self.folder
+        per_slice = slice_bytes(self.volume.shape[1:], {field: OUTPUT_SCALES[field] for field in self.stores})
+        scratch = scratch_bytes(*self.volume.shape[1:], self.settings)  # one slice's at a time
         needed, free = slices * per_slice + scratch, shutil.disk_usage(folder).free
         if needed > free:
             raise OSError(f"{folder}: {slices} slices need up to {needed / 2**30:.1f} GiB of disk (uncompressed), "
@@ -126,8 +130,8 @@ class VolumeRun:
     def compute(self, pipeline, slices: list[int], progress: Callable[[int], None] | None = None,
                 cancel=None) -> list[int]:
         """Run, write and finish each of `slices`; `progress(z)` after each."""
-        first = next(iter(self.stores.values())).path
-        scratch = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=TEMPORARY_SUFFIX, dir=first.parent))
+        first = next(iter(self.stores.values())).path.name
+        scratch = Path(tempfile.mkdtemp(prefix=f".{first}.", suffix=TEMPORARY_SUFFIX, dir=self.folder))
         read = SliceCache(self.volume)
         try:
             for z in slices:

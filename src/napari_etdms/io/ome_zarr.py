@@ -22,6 +22,7 @@ from napari_etdms.io.units import length_nm, to_jsonable
 CHUNK = 512  # px, outputs' chunk side
 STATE_CHUNK = (256, 4096)  # scratch arrays are read and written in full-width bands of rows
 SMALLEST_LEVEL = 512  # px: the pyramid stops at the first level whose longer side is at most this
+BAND_ROWS = 2 * CHUNK  # rows read or written at a time where a level is made or checked
 PROVENANCE_KEY = "napari_etdms"  # the group attribute holding an output's provenance
 
 
@@ -103,13 +104,19 @@ def _check_one_plane(path: Path, shape: tuple[int, ...]) -> None:
         raise ReadError(f"{path}: expected one 2D image, got shape {tuple(shape)}; write one plane per file")
 
 
-def disk_needed_bytes(height: int, width: int, settings) -> int:
-    """Disk for one input's run, at most: stage 2's state, previous x0 and mean (uncompressed;
-    with several draws, their spread too), and the outputs (counted uncompressed), in float32."""
+def scratch_bytes(height: int, width: int, settings) -> int:
+    """Disk for stage 2's work arrays of one frame, at most: its state, previous x0 and mean
+    (uncompressed float32; with several draws, their spread too)."""
     x4 = 16 * height * width * 4
-    scratch = (3 + (1 if settings.samples > 1 else 0)) * x4 if settings.super_resolve else 0
+    return (3 + (1 if settings.samples > 1 else 0)) * x4 if settings.super_resolve else 0
+
+
+def disk_needed_bytes(height: int, width: int, settings) -> int:
+    """Disk for one input's run, at most: stage 2's work arrays and the outputs (counted
+    uncompressed), in float32."""
+    x4 = 16 * height * width * 4
     outputs = (2 + (1 if settings.super_resolve else 0) + (1 if settings.samples > 1 else 0)) * x4
-    return scratch + outputs + height * width * 4
+    return scratch_bytes(height, width, settings) + outputs + height * width * 4
 
 
 def check_disk(folder: Path, height: int, width: int, settings) -> None:
@@ -171,20 +178,34 @@ class OmeZarrOutputs:
         return staged
 
 
+def output_levels(shape: tuple[int, ...]) -> int:
+    """Levels of an output's pyramid over its last two axes: halved until the longer side is at
+    most SMALLEST_LEVEL (or a side would vanish)."""
+    levels, (h, w) = 1, shape[-2:]
+    while max(h, w) > SMALLEST_LEVEL and min(h, w) >= 2:
+        h, w, levels = h // 2, w // 2, levels + 1
+    return levels
+
+
+def halve_into(finer, coarser) -> None:
+    """`coarser` (2D, half of `finer`'s rows and columns) = 2x2 means of `finer`, made band by
+    band so neither is ever whole in memory."""
+    h, w = coarser.shape[-2:]
+    for top in range(0, 2 * h, BAND_ROWS):
+        band = np.asarray(finer[top : min(top + BAND_ROWS, 2 * h), : 2 * w])
+        coarser[top // 2 : top // 2 + band.shape[0] // 2] = band.reshape(band.shape[0] // 2, 2, w, 2).mean(axis=(1, 3))
+
+
 def _write_pyramid(group, pixel_size_nm: float | None, provenance: dict) -> None:
     from ome_zarr.writer import write_multiscales_metadata
 
     level = group["0"]
     paths = ["0"]
-    while max(level.shape) > SMALLEST_LEVEL and min(level.shape) >= 2:
+    for _ in range(1, output_levels(level.shape)):
         coarser_shape = (level.shape[0] // 2, level.shape[1] // 2)
         coarser = group.create_array(str(len(paths)), shape=coarser_shape, dtype="float32", fill_value=0.0,
                                      chunks=(min(CHUNK, coarser_shape[0]), min(CHUNK, coarser_shape[1])))
-        rows = 2 * CHUNK
-        for top in range(0, 2 * coarser_shape[0], rows):
-            band = np.asarray(level[top : min(top + rows, 2 * coarser_shape[0]), : 2 * coarser_shape[1]])
-            coarser[top // 2 : top // 2 + band.shape[0] // 2] = band.reshape(
-                band.shape[0] // 2, 2, coarser_shape[1], 2).mean(axis=(1, 3))
+        halve_into(level, coarser)
         level = coarser
         paths.append(str(len(paths)))
     spacing = pixel_size_nm or 1.0

@@ -25,11 +25,10 @@ import numpy as np
 
 from napari_etdms.io.frame import ZARR_SUFFIX, ReadError, check_pixel_count
 from napari_etdms.io.metadata import tiff_metadata
-from napari_etdms.io.ome_zarr import CHUNK, PROVENANCE_KEY, SMALLEST_LEVEL, require_zarr
+from napari_etdms.io.ome_zarr import BAND_ROWS, CHUNK, PROVENANCE_KEY, halve_into, output_levels, require_zarr
 from napari_etdms.io.units import length_nm, to_jsonable
 
 COMPLETED = "completed"  # the folder, inside each output store, of the slices' completion records
-BAND = 1024  # rows of a slice read or written at a time (pyramids, checks)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -146,14 +145,6 @@ def volume_layer(volume: Volume) -> tuple[list, dict]:
     return levels, dict(attrs.get(PROVENANCE_KEY) or {})
 
 
-def levels_for(shape: tuple[int, int]) -> int:
-    """Pyramid levels of a (y, x) slice: halved until the longer side is at most SMALLEST_LEVEL."""
-    levels, (h, w) = 1, shape
-    while max(h, w) > SMALLEST_LEVEL and min(h, w) >= 2:
-        h, w, levels = h // 2, w // 2, levels + 1
-    return levels
-
-
 class VolumeStore:
     """One output of a volume run: a 3D OME-Zarr image whose slices are written one at a time."""
 
@@ -169,7 +160,7 @@ class VolumeStore:
         group = zarr.open_group(str(self.path), mode="w")
         z, h, w = shape
         datasets = []
-        for level in range(levels_for((h, w))):
+        for level in range(output_levels((h, w))):
             level_shape = (z, h // 2**level, w // 2**level)
             group.create_array(str(level), shape=level_shape, dtype="float32", fill_value=0.0,
                                chunks=(1, min(CHUNK, level_shape[1]), min(CHUNK, level_shape[2])))
@@ -210,12 +201,7 @@ class VolumeStore:
         """The slice's coarser levels from its level 0, every level read back and checked, then
         its completion record."""
         for index in range(1, self.levels()):
-            finer, coarser = self.level(index - 1, "r"), self.level(index)
-            h, w = coarser.shape[1:]
-            for top in range(0, 2 * h, BAND):
-                band = np.asarray(finer[z, top : min(top + BAND, 2 * h), : 2 * w])
-                coarser[z, top // 2 : top // 2 + band.shape[0] // 2] = band.reshape(
-                    band.shape[0] // 2, 2, w, 2).mean(axis=(1, 3))
+            halve_into(SliceView(self.level(index - 1, "r"), z), SliceView(self.level(index), z))
         digests = [self._checked_digest(index, z) for index in range(self.levels())]
         record = {"slice": z, "sha256": digests, "provenance": to_jsonable(provenance)}
         temporary = self.path / COMPLETED / f".z{z:06d}.json.part"
@@ -225,8 +211,8 @@ class VolumeStore:
     def _checked_digest(self, index: int, z: int) -> str:
         level = self.level(index, "r")
         digest = hashlib.sha256()
-        for top in range(0, level.shape[1], BAND):
-            band = np.ascontiguousarray(level[z, top : top + BAND], np.float32)
+        for top in range(0, level.shape[1], BAND_ROWS):
+            band = np.ascontiguousarray(level[z, top : top + BAND_ROWS], np.float32)
             if not np.isfinite(band).all():
                 raise ValueError(f"{self.path}: slice {z} of level {index} reads back with non-finite values")
             digest.update(band.tobytes())
@@ -254,13 +240,9 @@ class SliceView:
     def __setitem__(self, key, value) -> None:
         self.array[self._key(key)] = value
 
-    def __array__(self, dtype=None, copy=None):
-        data = np.asarray(self.array[self.z])
-        return data if dtype is None else data.astype(dtype)
-
 
 def slice_bytes(shape: tuple[int, int], outputs: dict[str, int]) -> int:
     """Uncompressed float32 bytes of one slice in every output (`outputs`: field -> scale), all levels."""
-    levels = {scale: sum(math.prod((n * scale) // 2**i for n in shape) for i in range(levels_for(
+    levels = {scale: sum(math.prod((n * scale) // 2**i for n in shape) for i in range(output_levels(
         (shape[0] * scale, shape[1] * scale)))) for scale in set(outputs.values())}
     return 4 * sum(levels[scale] for scale in outputs.values())

@@ -41,7 +41,8 @@ def add_output_layers(viewer, results: list, context: dict) -> list[str]:
             "wall_time_s": round(seconds, 2),
             "plugin": f"napari-etdms {__version__}",
         }
-        _add_or_replace(viewer, layer, f"{layer.name} {suffix}", data, field_name, context["offset"], provenance)
+        levels = pyramid(data, pyramid_levels(data.shape))  # [data] when it fits one texture
+        _add_or_replace(viewer, layer, f"{layer.name} {suffix}", levels, field_name, context["offset"], provenance)
     return [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED if getattr(results[0], f) is not None]
 
 
@@ -54,22 +55,10 @@ def add_stack_layers(viewer, layer, stores: dict, context: dict) -> list[str]:
         if field_name not in stores:
             continue
         levels, provenance = volume_layer(open_volume(stores[field_name], max_pixels=2**62))
-        scale, translate = list(layer.scale), list(layer.translate)
-        if field_name != "denoised":
-            scale, translate = upscaled_geometry(scale, translate, 4)
-        kwargs = dict(scale=scale, translate=translate, units=tuple(layer.units), axis_labels=tuple(layer.axis_labels),
-                      multiscale=len(levels) > 1, metadata=provenance | {
-                          "input_layer": layer.name, "output": field_name, "store": str(stores[field_name]),
-                          "wall_time_s": round(time.monotonic() - context["started"], 2),
-                          "plugin": f"napari-etdms {__version__}"})
-        if field_name == "std":
-            kwargs["colormap"] = "magma"
-        else:
-            kwargs["contrast_limits"] = tuple(layer.contrast_limits)
-        name = f"{layer.name} {suffix}"
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-        viewer.add_image(levels if len(levels) > 1 else levels[0], name=name, **kwargs)
+        provenance |= {"input_layer": layer.name, "output": field_name, "store": str(stores[field_name]),
+                       "wall_time_s": round(time.monotonic() - context["started"], 2),
+                       "plugin": f"napari-etdms {__version__}"}
+        _add_or_replace(viewer, layer, f"{layer.name} {suffix}", levels, field_name, (0, 0), provenance)
     return [layer.name] + [f"{layer.name} {OUTPUTS[f]}" for f in COMPARED if f in stores]
 
 
@@ -77,9 +66,11 @@ def is_output(layer) -> bool:
     return "napari-etdms" in str(layer.metadata.get("plugin", ""))
 
 
-def _add_or_replace(viewer, layer, name: str, data: np.ndarray, field_name: str, offset, provenance: dict) -> None:
+def _add_or_replace(viewer, layer, name: str, levels: list, field_name: str, offset, provenance: dict) -> None:
+    """The output `levels` (full resolution first) as a layer over `layer`'s pixels from
+    `offset` (last two axes), replacing an earlier run's layer of that name."""
     scale, translate = list(layer.scale), list(layer.translate)
-    if data.ndim == 2 and layer.ndim == 3:  # one slice of a stack: a 2D layer on that slice's plane
+    if levels[0].ndim == 2 and layer.ndim == 3:  # one slice of a stack: a 2D layer on that slice's plane
         scale, translate = scale[1:], translate[1:]
     scale, translate = region_geometry(scale, translate, offset)
     if field_name != "denoised":
@@ -90,13 +81,9 @@ def _add_or_replace(viewer, layer, name: str, data: np.ndarray, field_name: str,
         kwargs["colormap"] = "magma"
     else:
         kwargs["contrast_limits"] = tuple(layer.contrast_limits)
-    levels = pyramid_levels(data.shape)
-    if levels > 1:
-        data = pyramid(data, levels)
-        kwargs["multiscale"] = True
     if name in viewer.layers:  # re-running replaces the previous outputs of this input
         viewer.layers.remove(name)
-    viewer.add_image(data, name=name, **kwargs)
+    viewer.add_image(levels if len(levels) > 1 else levels[0], name=name, multiscale=len(levels) > 1, **kwargs)
 
 
 def pyramid(data: np.ndarray, levels: int) -> list[np.ndarray]:

@@ -5,7 +5,6 @@ within one sampling step, and an adaptation within one training step."""
 
 from __future__ import annotations
 
-import functools
 import queue
 import shutil
 import threading
@@ -22,6 +21,7 @@ from napari_etdms.engine import (
     Pipeline,
     Result,
     RunSettings,
+    cached_pipeline,
     run_serially,
     volume_slice_noise,
 )
@@ -48,11 +48,6 @@ class Job:
     settings: RunSettings = DEFAULTS
     # per frame, a larger frame to estimate its noise on (a region's whole slice); None: itself
     noise_frames: list[np.ndarray] | None = None
-
-
-@functools.lru_cache(maxsize=2)
-def load_pipeline(weights: str | None, device: str, precision: str) -> Pipeline:
-    return Pipeline.from_pretrained(weights, device=device, precision=precision)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -130,7 +125,7 @@ def run_job(job: Job, cancel: threading.Event):
 
     def work(report):
         use_threads()  # the cores free now: other work on this machine may have changed
-        pipeline = load_pipeline(job.weights, job.device, job.precision)
+        pipeline = cached_pipeline(job.weights, job.device, job.precision)
 
         def run_slice(index, progress):
             noise = slice_noise_of(job, index)
@@ -190,7 +185,6 @@ def adapt_job(job: AdaptJob, cancel: threading.Event):
     return (yield from _in_background(work, cancel))
 
 
-__all__ = ["AdaptJob", "Cancelled", "Job", "Progress", "adapt_job", "load_pipeline", "run_job"]
 
 
 @dataclass
@@ -218,7 +212,7 @@ def stack_job(job: StackJob, cancel: threading.Event):
         [file_job] = plan([job.source], job.output, overwrite=False)
         if file_job.problem or not file_job.volume:
             raise ValueError(file_job.problem or f"{job.source}: not a stack of slices")
-        pipeline = load_pipeline(job.weights, job.device, job.precision)
+        pipeline = cached_pipeline(job.weights, job.device, job.precision)
         batch = BatchSettings(job.weights, job.device, job.precision, job.settings, threads=threads.count)
 
         def relay(done, total, stage):
@@ -228,3 +222,6 @@ def stack_job(job: StackJob, cancel: threading.Event):
         return {field: path for field, path in file_job.outputs.items() if path.exists()}
 
     return (yield from _in_background(work, cancel))
+
+
+__all__ = ["AdaptJob", "Cancelled", "Job", "Progress", "StackJob", "adapt_job", "run_job", "stack_job"]

@@ -239,6 +239,16 @@ def _row_levels(residual: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, 
     return row_level, covariance
 
 
+def _clipped(z: np.ndarray) -> np.ndarray:
+    """Clipped pixels: the frame's extremes, when more than a couple of pixels share them."""
+    clipped = np.zeros(z.shape, dtype=bool)
+    for value in (z.min(), z.max()):
+        at = z == value
+        if np.count_nonzero(at) > 2:
+            clipped |= at
+    return clipped
+
+
 def _bin_statistics(z: np.ndarray):
     """Per level bin: mean level, robust variances of v2, of v2 plus and minus its right-hand
     neighbour, pixel count; and the
@@ -249,12 +259,7 @@ def _bin_statistics(z: np.ndarray):
     if span == 0.0:
         return None
 
-    # clipped pixels: the extremes, when more than a couple of pixels share them
-    clipped = np.zeros(z.shape, dtype=bool)
-    for value in (low, high):
-        at = z == value
-        if np.count_nonzero(at) > 2:
-            clipped |= at
+    clipped = _clipped(z)
 
     centre = z[1:-1, :-1]
     v2 = z[:-2, :-1] + z[2:, :-1] - 2.0 * centre  # normalised later
@@ -445,12 +450,7 @@ def estimate_noise_across_slices(before: np.ndarray, frame: np.ndarray, after: n
     centre = slices[1]
     residual = ((2.0 * centre - slices[0] - slices[2]) / _SQRT6).ravel()
     level = ndimage.gaussian_filter(centre, _MEAN_SIGMA, mode="reflect").ravel()
-    clipped = np.zeros(centre.shape, dtype=bool)
-    for value in (centre.min(), centre.max()):  # as in estimate_noise: shared extremes are clipped
-        at = centre == value
-        if np.count_nonzero(at) > 2:
-            clipped |= at
-    good = np.flatnonzero(~ndimage.maximum_filter(clipped, _NEAR_CLIPPED, mode="nearest").ravel())
+    good = np.flatnonzero(~ndimage.maximum_filter(_clipped(centre), _NEAR_CLIPPED, mode="nearest").ravel())
     n_bins = int(np.clip(good.size // 2000, 2, _MAX_BINS))
     if good.size < n_bins * _MIN_BIN:
         raise ValueError("too few unclipped pixels to estimate the noise")
