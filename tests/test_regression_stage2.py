@@ -127,6 +127,27 @@ def test_data_consistency_is_weighted_by_how_far_the_condition_can_be_trusted():
     assert free.metadata["data_consistency_weight"] is None
 
 
+def test_a_strength_below_1_tells_stage_2_the_frame_is_cleaner_too():
+    """Strength scales the level both stages are told (up to 1): at 0 the frame counts as
+    noise-free, so data consistency is full; --no-denoise leaves stage 2 the estimate."""
+    from napari_etdms.engine.pipeline import condition_level
+    from napari_etdms.engine.settings import RunSettings
+    from napari_etdms.stage1.noise import NoiseModel
+
+    noise = NoiseModel(0.01, 0.001)
+    estimated = condition_level(noise)
+    assert estimated > 0
+    assert condition_level(noise, RunSettings(strength=0.5)) == pytest.approx(0.5 * estimated)
+    assert condition_level(noise, RunSettings(strength=3.0)) == pytest.approx(estimated)
+    assert condition_level(noise, RunSettings(strength=0.5, denoise=False)) == pytest.approx(estimated)
+    pipeline = regression_pipeline()
+    frame = sem_like((32, 32))
+    noisy = NoiseModel(0.0, (0.05 * float(np.ptp(frame))) ** 2)
+    weights = [pipeline.run(frame, noise=noisy, strength=s, tile=32, overlap=0).metadata["data_consistency_weight"]
+               for s in (1.0, 0.5, 0.0)]
+    assert weights[0] < weights[1] < weights[2] == pytest.approx(1.0)
+
+
 def test_sampler_and_steps_are_refused_with_the_reason():
     pipeline = regression_pipeline()
     for settings in ({"sampler": "ddim"}, {"steps": 6}):

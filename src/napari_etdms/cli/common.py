@@ -103,9 +103,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="keep the 4x4 block means of the x4 output equal to the (denoised) low-res frame "
                         "(default: the weights' preset)")
     g.add_argument("--strength", type=strength, default=DEFAULTS.strength,
-                   help="denoising strength for noise-aware weights: up to 1, the noise level the denoiser is "
-                   "told, relative to the level estimated from the frame (1, default: as estimated; 0: no "
-                   "denoising); above 1, up to 4: smoother (total-variation smoothing of its output)")
+                   help="denoising strength for noise-aware weights: up to 1, the noise level both stages are "
+                   "told, relative to the level estimated from the frame (1, default: as estimated; below 1 for "
+                   "frames cleaner than the estimate says, e.g. fine texture read as noise; 0: no denoising, "
+                   "the x4 step takes the frame as noise-free); above 1, up to 4: smoother (total-variation "
+                   "smoothing of stage 1's output)")
     g.add_argument("--no-denoise", action="store_true", help="skip stage 1 (condition on the raw frame)")
     g.add_argument("--no-sr", action="store_true", help="skip stage 2 (denoise only)")
     t = p.add_argument_group("tiling")

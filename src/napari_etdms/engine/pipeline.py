@@ -64,10 +64,13 @@ def release_freed_memory() -> None:
         pass
 
 
-def condition_level(noise: NoiseModel) -> float:
+def condition_level(noise: NoiseModel, settings: RunSettings = DEFAULTS) -> float:
     """The noise std of a frame on the stabilised [-1, 1] scale, from its noise model on the
-    normalised [0, 1] scale: what stage 1 was told, and how far stage 2 can trust its output."""
-    return float(Stabiliser(noise.gain, noise.offset).sigma)
+    normalised [0, 1] scale, times the strength (up to 1) when stage 1 runs: what stage 1 was
+    told, and how far stage 2 can trust its output. A strength below 1 says the frame is
+    cleaner than estimated (e.g. fine texture the estimate took for noise), to both stages."""
+    scale = min(settings.strength, 1.0) if settings.denoise else 1.0
+    return float(Stabiliser(noise.gain, noise.offset).sigma) * scale
 
 
 class InputError(ValueError):
@@ -264,8 +267,9 @@ class Pipeline:
         """Process one 2D frame. Raises InputError for bad input, Cancelled if `cancel.is_set()`.
 
         `noise`: the frame's noise model in its own units (default: estimated from the frame).
-        `strength` scales the noise level a noise-aware denoiser is told (1: the estimate,
-        0: no denoising, > 1: smoother); blind denoisers (v1) ignore both.
+        `strength` scales the noise level a noise-aware denoiser and a regression stage 2 are
+        told (1: the estimate, 0: no denoising and a noise-free frame to stage 2, > 1: smoother
+        stage 1); blind denoisers (v1) ignore both.
 
         `data_consistency` projects every x0 estimate so that its 4x4 block means equal the
         (denoised) low-res input: generated detail may add texture but cannot change the
@@ -402,7 +406,8 @@ class Pipeline:
                              f"std of {settings.samples} draws") if sr and settings.samples > 1 else None),
             "data_consistency": settings.data_consistency if sr else None,
             "data_consistency_weight": (consistency_weight(condition_level(result.noise.rescaled(mapping.low,
-                                                                                                  mapping.high)))
+                                                                                                  mapping.high),
+                                                                           settings))
                                         if sr and settings.data_consistency and self.one_evaluation else None),
             "tiling": plan.grid.describe() | {"batch_size": settings.batch_size},
             "denoise_tiling": plan.denoise_grid.describe() if dn else None,
@@ -490,7 +495,7 @@ class Pipeline:
 
         condition = self.clsr.condition(cond, measured)
         if self.one_evaluation:
-            level = condition_level(noise)
+            level = condition_level(noise, settings)
             weight = consistency_weight(level) if settings.data_consistency else 0.0
             return PredictedMean(grid, predict_tiles, condition, cond, float(reliability_step(torch.tensor(level))),
                                  self.config.diffusion, arrays, weight, settings.samples > 1,

@@ -121,8 +121,10 @@ class ETDMSWidget(QWidget):
         self.denoise = CheckBox(label="denoise (stage 1)", value=DEFAULTS.denoise)
         self.strength = FloatSlider(
             label="denoise strength", min=0.0, max=MAX_STRENGTH, step=0.05, value=DEFAULTS.strength,
-            tooltip="0 = no denoising, 1 = the noise level estimated from the frame, above 1 = smoother "
-                    "(total-variation smoothing of the output; noise-aware weights only)")
+            tooltip="0 = no denoising (the x4 step takes the frame as noise-free), 1 = the noise level "
+                    "estimated from the frame, told to both stages; below 1 where the frame is cleaner than "
+                    "estimated (fine texture read as noise); above 1 = smoother (total-variation smoothing of "
+                    "the output; noise-aware weights only)")
         self.noise_info = Label(value="")
         self.super_resolve = CheckBox(label="super-resolve x4 (stage 2)", value=DEFAULTS.super_resolve)
         self.weights = ComboBox(label="weights", choices=self._weights_choices)
