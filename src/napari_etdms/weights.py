@@ -20,7 +20,7 @@ import torch
 from napari_etdms.config import ConfigError, ModelConfig, model_config
 from napari_etdms.io import write_file_atomically
 
-DEFAULT_WEIGHTS = "etdms-sem-v3"
+DEFAULT_WEIGHTS = "etdms-sem-v3.1"
 MANIFEST = "weights.json"
 ADAPTATION_RECORD = "adaptation.json"  # beside the manifest of weights adapted by `etdms adapt`
 PARTS = ("denoiser", "clsr")
