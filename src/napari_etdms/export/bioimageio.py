@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from napari_etdms import __version__
-from napari_etdms.engine.pipeline import DENOISE_MIN_TILE
+from napari_etdms.engine.pipeline import DENOISE_CONTEXT, DENOISE_MIN_TILE
 from napari_etdms.models.swinir import SwinIRDenoiser, SwinIRSize
 from napari_etdms.stage1.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, SIGNAL_SMOOTHING
 from napari_etdms.stage1.noise import NoiseModel, frame_noise
@@ -63,9 +63,10 @@ from napari_etdms.weights import ADAPTATION_RECORD, MANIFEST, WeightsEntry, load
 ARCHITECTURE_FILE = "etdms_denoiser.py"
 STATE_FILE = "denoiser_state_dict.pt"
 TORCHSCRIPT_FILE = "denoiser_torchscript.pt"
-# The context stage 1 sees around each tile in the pipeline (pipeline.DENOISE_CONTEXT):
-# declared as the output's halo, so tiling consumers overlap tiles by it and crop it.
-HALO = 16
+# The context stage 1 sees around each tile in the pipeline: declared as the output's halo, so
+# tiling consumers overlap tiles by it and crop it, and mirrored by the model around what it is
+# given, so a frame given whole is denoised as the pipeline denoises it.
+HALO = DENOISE_CONTEXT
 MIN_SIZE, SIZE_STEP = 64, 8  # valid input sizes 64 + 8 n: tiles on the network's window grid
 # The test image: the centre crop of the example frame, at most stage 1's tile in napari-etdms,
 # so that `etdms infer --no-sr` runs it as one tile and reproduces the test output exactly.
